@@ -1,0 +1,1 @@
+"""Ready pipelines: YAML files and small build functions, importable as streamzip.pipelines."""

@@ -1,0 +1,167 @@
+"""Operations on :class:`~streamzip.packets.Tokens` shared by every operator.
+
+The one merge rule of the engine lives here: :func:`merge_groups` applies a grouping plan (each
+token → a group id, or -1 to drop it) as size-weighted means computed in float32, so repeated merges
+stay true averages of the original tokens (the ToMe ``size`` trick). It also keeps provenance: the
+``src``/``assignment`` pair is composed through the plan, and t0/t1 become the min/max of the group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from streamzip.errors import TokenError
+from streamzip.packets import Tokens
+
+__all__ = ["cat", "cosine_to_represented", "merge_groups", "take", "with_fresh_assignment"]
+
+
+def cat(parts: Sequence[Tokens], *, stream: str | None = None, modality: str | None = None,
+        dim: int | None = None) -> Tokens:
+    """Concatenate token packets of one stream and modality, in the order given.
+
+    ``src``/``assignment`` are kept only when every part has them. With no parts, ``stream``,
+    ``modality`` and ``dim`` describe the empty result.
+    """
+    if not parts:
+        if stream is None or modality is None or dim is None:
+            raise ValueError("cat() of nothing needs stream, modality and dim")
+        return Tokens.empty(stream, modality, dim)
+    first = parts[0]
+    for p in parts[1:]:
+        if p.modality != first.modality or p.stream != first.stream:
+            raise TokenError(f"cannot join {p.modality} tokens of {p.stream!r} with "
+                             f"{first.modality} tokens of {first.stream!r}")
+        if p.dim != first.dim:
+            raise TokenError(
+                f"token dimension changed from {first.dim} to {p.dim} within one stream",
+                input=first.stream, time_s=float(p.t0[0]) if p.num_tokens else None,
+                fix="use one encoder per stream; its output dimension must not change",
+            )
+    if len(parts) == 1:
+        return parts[0]
+    keep_assign = all(p.assignment is not None for p in parts)
+    keep_score = all(p.score is not None for p in parts)
+    src = assignment = None
+    if keep_assign:
+        offsets = torch.tensor([0] + [p.num_tokens for p in parts[:-1]], dtype=torch.int64).cumsum(0)
+        src = torch.cat([p.src for p in parts])  # type: ignore[misc]
+        assignment = torch.cat([
+            torch.where(p.assignment >= 0, p.assignment + off, p.assignment)  # type: ignore[operator]
+            for p, off in zip(parts, offsets.tolist())
+        ])
+    return Tokens(
+        stream=first.stream, modality=first.modality,
+        data=torch.cat([p.data for p in parts]),
+        t0=torch.cat([p.t0 for p in parts]), t1=torch.cat([p.t1 for p in parts]),
+        pos=torch.cat([p.pos for p in parts]), size=torch.cat([p.size for p in parts]),
+        src=src, assignment=assignment,
+        score=torch.cat([p.score for p in parts]) if keep_score else None,  # type: ignore[misc]
+        meta=dict(first.meta),
+    )
+
+
+def take(tokens: Tokens, index: torch.Tensor, *, keep_dropped: bool = True) -> Tokens:
+    """The tokens at ``index`` (int64, increasing) as a new packet.
+
+    Provenance follows the tokens: an original whose representative is taken comes along (remapped);
+    originals already dropped (assignment -1) come along when ``keep_dropped``.
+    """
+    index = index.to(torch.int64)
+    src = assignment = None
+    if tokens.assignment is not None and tokens.src is not None:
+        remap = torch.full((tokens.num_tokens + 1,), -1, dtype=torch.int64)
+        remap[index] = torch.arange(index.numel(), dtype=torch.int64)
+        a = tokens.assignment
+        new_a = remap[torch.where(a >= 0, a, torch.full_like(a, tokens.num_tokens))]
+        keep = new_a >= 0
+        if keep_dropped:
+            keep = keep | (a < 0)
+        src, assignment = tokens.src[keep], new_a[keep]
+    return Tokens(
+        stream=tokens.stream, modality=tokens.modality,
+        data=tokens.data[index], t0=tokens.t0[index], t1=tokens.t1[index],
+        pos=tokens.pos[index], size=tokens.size[index], src=src, assignment=assignment,
+        score=tokens.score[index] if tokens.score is not None else None, meta=dict(tokens.meta),
+    )
+
+
+def merge_groups(tokens: Tokens, group: torch.Tensor) -> Tokens:
+    """Apply a grouping plan: ``group[i]`` is token i's group id (any ints ≥ 0), or -1 to drop it.
+
+    Each group becomes one token: data is the size-weighted mean (float32 accumulation), size the
+    sum, t0/t1 the min/max, pos and the order those of the group's first member. Because input tokens
+    are in time order, so is the output. Empty input returns the input unchanged.
+
+    Shapes: ``group`` is ``(n,)`` int64.
+    """
+    n = tokens.num_tokens
+    if group.shape != (n,):
+        raise ValueError(f"group must have shape ({n},), got {tuple(group.shape)}")
+    if n == 0:
+        return tokens
+    group = group.to(torch.int64)
+    kept = group >= 0
+    # Renumber groups 0..G-1 by their first member, so the output keeps the input's order.
+    first = torch.full((int(group.max().item()) + 1 if bool(kept.any()) else 1,), n, dtype=torch.int64)
+    idx = torch.arange(n, dtype=torch.int64)
+    if bool(kept.any()):
+        first.scatter_reduce_(0, group[kept], idx[kept], reduce="amin")
+    used = first < n
+    order = torch.argsort(first[used])
+    firsts = first[used][order]
+    num_out = int(firsts.numel())
+    new_id_of_old = torch.full_like(first, -1)
+    new_id_of_old[used.nonzero().squeeze(1)[order]] = torch.arange(num_out, dtype=torch.int64)
+    out_of_token = torch.where(kept, new_id_of_old[group.clamp(min=0)], torch.full_like(group, -1))
+
+    k = out_of_token[kept]
+    w = tokens.size[kept].to(torch.float32)
+    acc = torch.zeros(num_out, tokens.dim, dtype=torch.float32)
+    acc.index_add_(0, k, tokens.data[kept].to(torch.float32) * w.unsqueeze(1))
+    size = torch.zeros(num_out, dtype=torch.int64).index_add_(0, k, tokens.size[kept])
+    data = acc / size.clamp(min=1).to(torch.float32).unsqueeze(1)
+    t0 = torch.full((num_out,), float("inf"), dtype=torch.float64).scatter_reduce(
+        0, k, tokens.t0[kept], reduce="amin")
+    t1 = torch.full((num_out,), float("-inf"), dtype=torch.float64).scatter_reduce(
+        0, k, tokens.t1[kept], reduce="amax")
+    score = None
+    if tokens.score is not None:
+        score = torch.full((num_out,), float("-inf"), dtype=tokens.score.dtype).scatter_reduce(
+            0, k, tokens.score[kept], reduce="amax")
+    src = assignment = None
+    if tokens.assignment is not None and tokens.src is not None:
+        a = tokens.assignment
+        assignment = torch.where(a >= 0, out_of_token[a.clamp(min=0)], a)
+        src = tokens.src
+    return Tokens(
+        stream=tokens.stream, modality=tokens.modality, data=data, t0=t0, t1=t1,
+        pos=tokens.pos[firsts], size=size, src=src, assignment=assignment, score=score,
+        meta=dict(tokens.meta),
+    )
+
+
+def with_fresh_assignment(tokens: Tokens, first_id: int) -> Tokens:
+    """Mark these tokens as originals with ids ``first_id…``: each one represents itself."""
+    n = tokens.num_tokens
+    tokens.src = torch.arange(first_id, first_id + n, dtype=torch.int64)
+    tokens.assignment = torch.arange(n, dtype=torch.int64)
+    return tokens
+
+
+def cosine_to_represented(originals: torch.Tensor, tokens: Tokens, positions: torch.Tensor) -> torch.Tensor:
+    """Cosine of each original token to the output token that represents it (0 when dropped).
+
+    ``originals`` is ``(m, D)``, the original data of ``tokens.src[positions]``; returns ``(m,)``.
+    """
+    assert tokens.assignment is not None
+    a = tokens.assignment[positions]
+    out = torch.zeros(a.shape[0], dtype=torch.float32)
+    live = a >= 0
+    if bool(live.any()):
+        rep = tokens.data[a[live]].to(torch.float32)
+        orig = originals[live].to(torch.float32)
+        out[live] = torch.nn.functional.cosine_similarity(orig, rep, dim=1, eps=1e-12)
+    return out

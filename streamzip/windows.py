@@ -1,0 +1,81 @@
+"""Windows: the stream clock cut into ``[k·window_s, (k+1)·window_s)``.
+
+Every windowed stage (FrameFusion's pending window, DPC-KNN's per-window budget, the window stage
+that feeds the memory) uses these helpers, so all of them agree on which window a token belongs to:
+the window of its ``t0``. A window closes for a modality when a token of a later window arrives, at a
+``gap`` or at the end of the stream.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from streamzip.packets import Tokens
+from streamzip.tokens import cat, take
+
+__all__ = ["WindowBuffer", "window_bounds", "window_of"]
+
+
+def window_of(t_s: float, window_s: float) -> int:
+    """The index of the window holding time ``t_s``."""
+    # A small tolerance keeps float noise (3.9999999) from moving a token to the previous window.
+    return int(math.floor(t_s / window_s + 1e-9))
+
+
+def window_bounds(index: int, window_s: float) -> tuple[float, float]:
+    return index * window_s, (index + 1) * window_s
+
+
+class WindowBuffer:
+    """Buffers the tokens of one modality of one stream and hands back whole windows.
+
+    ``add`` returns ``[(window_index, tokens), …]`` for every window that the new tokens closed, in
+    order; ``flush`` returns the rest. Tokens arrive in time order. A returned packet carries
+    ``meta['window']``, ``meta['window_start_s']`` and ``meta['window_end_s']``.
+    """
+
+    def __init__(self, window_s: float) -> None:
+        if not window_s > 0:
+            raise ValueError(f"window_s must be > 0, got {window_s}")
+        self.window_s = window_s
+        self._parts: list[Tokens] = []
+        self._current: int | None = None
+
+    @property
+    def current(self) -> int | None:
+        """The index of the window being filled, if any."""
+        return self._current
+
+    def add(self, tokens: Tokens) -> list[tuple[int, Tokens]]:
+        closed: list[tuple[int, Tokens]] = []
+        if tokens.num_tokens == 0:
+            return closed
+        idx = torch.floor(tokens.t0 / self.window_s + 1e-9).to(torch.int64)
+        for w in torch.unique_consecutive(idx).tolist():
+            part = take(tokens, (idx == w).nonzero().squeeze(1))
+            if self._current is not None and w != self._current:
+                closed.extend(self.flush())
+            self._current = w
+            self._parts.append(part)
+        return closed
+
+    def flush(self) -> list[tuple[int, Tokens]]:
+        if self._current is None or not self._parts:
+            self._current = None
+            return []
+        w = self._current
+        tokens = cat(self._parts)
+        start, end = window_bounds(w, self.window_s)
+        tokens.meta = {**tokens.meta, "window": w, "window_start_s": start, "window_end_s": end}
+        self._parts, self._current = [], None
+        return [(w, tokens)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"current": self._current, "parts": list(self._parts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._current = state["current"]
+        self._parts = list(state["parts"])
