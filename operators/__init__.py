@@ -5,3 +5,14 @@ operator registered under the name used in pipelines. Importing this package reg
 """
 
 from __future__ import annotations
+
+import importlib
+
+_MODULES = ("framefusion", "dpc_knn", "baselines", "vad", "atome", "window", "memory")
+
+for _name in _MODULES:
+    try:
+        importlib.import_module(f"{__name__}.{_name}")
+    except ModuleNotFoundError as _err:  # TODO(lead): make strict once every module exists
+        if _err.name != f"{__name__}.{_name}":
+            raise

@@ -54,8 +54,9 @@ class WindowBuffer:
         if tokens.num_tokens == 0:
             return closed
         idx = torch.floor(tokens.t0 / self.window_s + 1e-9).to(torch.int64)
-        for w in torch.unique_consecutive(idx).tolist():
-            part = take(tokens, (idx == w).nonzero().squeeze(1))
+        for i, w in enumerate(torch.unique_consecutive(idx).tolist()):
+            # Originals already dropped upstream ride with the first part only, never twice.
+            part = take(tokens, (idx == w).nonzero().squeeze(1), keep_dropped=i == 0)
             if self._current is not None and w != self._current:
                 closed.extend(self.flush())
             self._current = w
