@@ -36,6 +36,8 @@ class Operator:
     config_class: ClassVar[type[Config]] = Config
     accepts: ClassVar[tuple[type, ...]] = (Tokens,)
     modalities: ClassVar[tuple[str, ...] | None] = None
+    #: token modalities this stage creates (encoders), for pipeline validation.
+    produces: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Config | None = None, *, stream: str = "", step_id: str | None = None) -> None:
         self.config = config if config is not None else self.config_class()

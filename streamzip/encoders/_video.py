@@ -16,6 +16,7 @@ class VideoEncoder(Operator):
     patch grid ``(rows, cols)``, plus optional ``(T, N)`` importance scores)."""
 
     accepts = (VideoFrames,)
+    produces = (VIDEO,)
 
     def __init__(self, config: Any = None, **kw: Any) -> None:
         super().__init__(config, **kw)

@@ -1,0 +1,276 @@
+"""The ``streamzip`` command.
+
+Exit codes: 0 success; 1 some input failed (the others were still written); 2 a usage or pipeline
+error (nothing ran). Errors print one clear message, no traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from streamzip._version import __version__
+from streamzip.errors import ConfigError, StreamzipError
+from streamzip.sources._names import redact
+
+__all__ = ["main"]
+
+
+def _fmt_seconds(s: float) -> str:
+    if s >= 3600:
+        return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+    if s >= 60:
+        return f"{int(s // 60)}m{s % 60:04.1f}s"
+    return f"{s:.1f}s"
+
+
+def summary_table(results: Sequence[Any]) -> str:
+    """The end-of-run table: one row per input and a total row."""
+    head = ["input", "media", "frames", "tokens in", "tokens out", "reduction", "fidelity", "wall", "status"]
+    rows = []
+    for r in results:
+        red = r.reduction
+        status = "ok" if r.ok else f"FAILED ({r.error_type})"
+        if r.ok and r.corrupt_packets:
+            status = f"ok, {r.corrupt_packets} corrupt packets skipped"
+        rows.append([r.input if len(r.input) <= 40 else "…" + r.input[-39:], _fmt_seconds(r.media_s),
+                     str(r.frames), f"{r.tokens_in:,}", f"{r.tokens_out:,}",
+                     f"{red:.1%}" if red is not None else "-",
+                     f"{r.fidelity:.3f}" if r.fidelity is not None else "-", _fmt_seconds(r.wall_s), status])
+    if len(results) > 1:
+        tin = sum(r.tokens_in for r in results)
+        tout = sum(r.tokens_out for r in results)
+        rows.append(["total", _fmt_seconds(sum(r.media_s for r in results)), str(sum(r.frames for r in results)),
+                     f"{tin:,}", f"{tout:,}", f"{1 - tout / tin:.1%}" if tin else "-", "-",
+                     _fmt_seconds(sum(r.wall_s for r in results)),
+                     f"{sum(r.ok for r in results)}/{len(results)} ok"])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(out)
+
+
+class _Progress:
+    """A tqdm bar per input: media seconds done, frames/s, tokens in/out."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def start(self, result: Any) -> None:
+        self.close()
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc=result.input[-30:], unit="s", unit_scale=False, file=sys.stderr, leave=False,
+                        bar_format="{desc}: {n:.1f}s media [{elapsed}] {postfix}")
+
+    def update(self, result: Any) -> None:
+        if self.bar is None:
+            return
+        self.bar.n = result.media_s
+        fps = result.frames / result.wall_s if result.wall_s > 0 else 0.0
+        self.bar.set_postfix_str(f"{fps:.0f} frames/s, tokens {result.tokens_in:,} → {result.tokens_out:,}",
+                                 refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from streamzip.job import run_job
+    from streamzip.pipeline import load_pipeline
+
+    pipeline = load_pipeline(args.pipeline)
+    for item in args.set or []:
+        _apply_override(pipeline, item)
+    pipeline.validate()
+    progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
+    options: dict[str, Any] = {}
+    if args.runtime == "ray" and args.address:
+        options["address"] = args.address
+    try:
+        results = run_job(pipeline, args.input, args.output, runtime=args.runtime,
+                          progress=progress.update, on_start=progress.start, runtime_options=options)
+    finally:
+        progress.close()
+    print(summary_table(results))
+    for r in results:
+        if not r.ok:
+            print(f"error: {r.error}", file=sys.stderr)
+    if args.output:
+        done = [r.output for r in results if r.ok]
+        if done:
+            print(f"outputs in {args.output} ({len(done)} folder{'s' if len(done) != 1 else ''})")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _apply_override(pipeline: Any, item: str) -> None:
+    """``--set STEP.OPTION=VALUE`` (YAML value) or ``--set decode.OPTION=VALUE``."""
+    import yaml
+
+    from streamzip.errors import Problem
+
+    key, sep, raw = item.partition("=")
+    target, dot, option = key.partition(".")
+    if not sep or not dot or not option:
+        raise ConfigError([Problem("--set", f"expected STEP.OPTION=VALUE, got {item!r}")])
+    value = yaml.safe_load(raw)
+    if target == "decode":
+        decode = dict(pipeline.to_dict().get("decode", {}))
+        decode[option] = value
+        pipeline._decode_raw = decode
+        return
+    for step in pipeline.steps:
+        if step.id == target:
+            step.params[option] = value
+            return
+    ids = ", ".join(s.id for s in pipeline.steps)
+    raise ConfigError([Problem("--set", f"no step with id {target!r}; step ids: {ids}, or 'decode'")])
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from streamzip.pipeline import load_pipeline
+
+    bad = 0
+    for name in args.pipelines:
+        try:
+            pipe = load_pipeline(name).validate()
+        except ConfigError as err:
+            bad += 1
+            print(f"{name}: {err}")
+            continue
+        print(f"{name}: ok ({len(pipe.steps)} steps)")
+        if args.graph:
+            print(pipe.graph())
+    return 2 if bad else 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    import av
+    import torch
+
+    from streamzip.output import versions
+    from streamzip.registry import available
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+        **versions(),
+        "cuda": torch.cuda.is_available(),
+        "ffmpeg_decoders_h264": "h264" in av.codecs_available,
+        "steps": sorted(available()),
+    }
+    for mod, key in (("ray", "ray"), ("webrtcvad", "webrtcvad"), ("torchaudio", "torchaudio"),
+                     ("transformers", "transformers")):
+        try:
+            m = __import__(mod)
+            info[key] = getattr(m, "__version__", "installed")
+        except ImportError:
+            info[key] = None
+    env = {k: v for k, v in os.environ.items() if k.startswith("STREAMZIP_")}
+    if env:
+        info["environment"] = {k: redact(v) for k, v in env.items()}
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for k, v in info.items():
+            print(f"{k:>22}: {', '.join(v) if isinstance(v, list) else v}")
+    return 0
+
+
+def _cmd_steps(args: argparse.Namespace) -> int:
+    from streamzip.config import config_fields
+    from streamzip.registry import available
+
+    for name, info in available().items():
+        print(f"{name} ({info.kind}): {info.summary}")
+        if args.verbose:
+            defaults = info.cls.config_class()
+            for field in config_fields(info.cls.config_class):
+                print(f"    {field} = {getattr(defaults, field)!r}")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from streamzip.synthetic import make_clip
+
+    scenes = [("static", 4), ("pan", 4), ("motion", 4), ("static", 4), ("pan", 4)]
+    reps = max(1, round(args.duration / 20))
+    info = make_clip(args.output, scenes=scenes * reps, width=args.width, height=args.height, seed=args.seed)
+    print(f"wrote {info.path}: {info.duration_s:.0f} s, scenes "
+          f"{', '.join(f'{s.kind}@{s.start_s:g}s' for s in info.scenes[:6])}{' …' if len(info.scenes) > 6 else ''}; "
+          f"speech bursts {len(info.speech)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamzip", description="Compress video and audio into bounded token streams.")
+    p.add_argument("--version", action="version", version=f"streamzip {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a pipeline on inputs, write tokens")
+    r.add_argument("pipeline", help="a pipeline YAML file, or a built-in pipeline name (e.g. default)")
+    r.add_argument("-i", "--input", action="append", required=True, help="an input file (repeat for several)")
+    r.add_argument("-o", "--output", help="output folder (one sub-folder per input)")
+    r.add_argument("--runtime", default="local", choices=["local", "ray"], help="where stages run")
+    r.add_argument("--address", help="a Ray cluster address to join (ray runtime)")
+    r.add_argument("--set", action="append", metavar="STEP.OPTION=VALUE", help="override an option")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_run)
+
+    v = sub.add_parser("validate", help="check pipelines without running them")
+    v.add_argument("pipelines", nargs="+")
+    v.add_argument("--graph", action="store_true", help="print the dataflow")
+    v.set_defaults(func=_cmd_validate)
+
+    e = sub.add_parser("env", help="versions and capabilities of this installation")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_cmd_env)
+
+    s = sub.add_parser("steps", help="list the pipeline steps available")
+    s.add_argument("-v", "--verbose", action="store_true", help="with options and defaults")
+    s.set_defaults(func=_cmd_steps)
+
+    y = sub.add_parser("synth", help="write a synthetic clip (scenes, cuts, speech-like audio, silence)")
+    y.add_argument("output")
+    y.add_argument("--duration", type=float, default=20.0)
+    y.add_argument("--width", type=int, default=640)
+    y.add_argument("--height", type=int, default=360)
+    y.add_argument("--seed", type=int, default=0)
+    y.set_defaults(func=_cmd_synth)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        if args.debug:
+            raise
+        print(f"error: {redact(str(err))}", file=sys.stderr)
+        return 2
+    except StreamzipError as err:
+        if args.debug:
+            raise
+        print(f"error: {redact(str(err))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

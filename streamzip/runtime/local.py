@@ -1,0 +1,140 @@
+"""The local runtime: every stage in this process, packets pushed depth-first through the chain.
+
+It defines the reference semantics every other runtime must reproduce:
+
+- a stage gets the packets it :meth:`~streamzip.operator.Operator.takes`; others pass straight on;
+- a :class:`~streamzip.packets.Gap` goes to every stage's ``on_gap``;
+- at :class:`~streamzip.packets.End` each stage's ``flush()`` output goes down the chain first, then End.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from streamzip.errors import StreamzipError
+from streamzip.operator import Operator
+from streamzip.packets import AudioChunk, End, Gap, Packet, Tokens, VideoFrames
+from streamzip.sources._names import stream_name
+from streamzip.sources.file import FileSource
+from streamzip.stats import InputResult, StageStats
+
+if TYPE_CHECKING:
+    from streamzip.pipeline import Pipeline
+
+__all__ = ["LocalRuntime", "StageRunner", "packet_time"]
+
+#: called after each source packet with the input's result so far (for progress bars).
+ProgressFn = Callable[[InputResult], None]
+
+
+def packet_time(packet: Packet) -> float | None:
+    if isinstance(packet, Tokens):
+        return float(packet.t0[0]) if packet.num_tokens else packet.meta.get("window_start_s")
+    if isinstance(packet, (VideoFrames, AudioChunk)):
+        return packet.start_s
+    if isinstance(packet, Gap):
+        return packet.start_s
+    return None
+
+
+class StageRunner:
+    """Pushes packets through a chain of stages and counts what each one does."""
+
+    def __init__(self, stages: Sequence[Operator], result: InputResult) -> None:
+        self.stages = list(stages)
+        self.result = result
+        self.stats = [StageStats(step_id=s.step_id, op=s.name or type(s).__name__) for s in self.stages]
+        result.stages = self.stats
+
+    def push(self, packet: Packet, start: int = 0) -> Iterator[Packet]:
+        """Send ``packet`` into stage ``start``; yield what comes out of the last stage."""
+        if start == len(self.stages):
+            yield packet
+            return
+        stage, st = self.stages[start], self.stats[start]
+        t = time.perf_counter()
+        try:
+            if isinstance(packet, End):
+                outs = [*stage.flush(), packet]
+            elif isinstance(packet, Gap):
+                outs = stage.on_gap(packet)
+            elif stage.takes(packet):
+                st.packets_in += 1
+                if isinstance(packet, Tokens):
+                    st.tokens_in += packet.num_tokens
+                elif isinstance(packet, VideoFrames):
+                    st.frames_in += packet.num_frames
+                outs = stage.process(packet)
+            else:
+                outs = [packet]
+        except StreamzipError as err:
+            raise err.with_context(input=self.result.input, stage=stage.step_id, time_s=packet_time(packet))
+        except Exception as err:
+            err.add_note(f"streamzip: in stage {stage.step_id!r} ({type(stage).__name__}) of input "
+                         f"{self.result.input!r} at {packet_time(packet)} s")
+            raise
+        finally:
+            st.seconds += time.perf_counter() - t
+        for out in outs:
+            if isinstance(out, Tokens) and out is not packet:
+                st.tokens_out += out.num_tokens
+            yield from self.push(out, start + 1)
+
+
+def count_output(result: InputResult, packet: Packet) -> None:
+    """Add a final packet to the input's token-out count (memory and read views are not counted:
+    they re-present tokens already counted)."""
+    if isinstance(packet, Tokens) and packet.meta.get("kind", "tokens") in ("tokens", "window"):
+        result.tokens_out += packet.num_tokens
+
+
+def encoder_tokens(runner: StageRunner) -> int:
+    return sum(s.tokens_out for s, stage in zip(runner.stats, runner.stages) if stage.produces)
+
+
+class LocalRuntime:
+    """Runs pipelines in this process, one input after another.
+
+    Args:
+        progress: called after each source packet with the input's :class:`InputResult` so far.
+    """
+
+    name = "local"
+
+    def __init__(self, *, progress: ProgressFn | None = None) -> None:
+        self.progress = progress
+        self.results: list[InputResult] = []
+
+    def run(self, pipeline: Pipeline, inputs: Sequence[str]) -> Iterator[Packet]:
+        """Yield the final packets of every input in turn; raise on the first bad input."""
+        pipeline.validate()
+        for path in inputs:
+            result = InputResult(input=FileSource(path).name, stream=stream_name(path))
+            self.results.append(result)
+            yield from self.run_input(pipeline, path, result)
+
+    def run_input(self, pipeline: Pipeline, path: str, result: InputResult) -> Iterator[Packet]:
+        mods = pipeline.modalities()
+        source = FileSource(path, pipeline.decode, stream=result.stream,
+                            want_video="video" in mods, want_audio="audio" in mods)
+        runner = StageRunner(pipeline.build(result.stream), result)
+        t_start = time.perf_counter()
+        try:
+            for packet in source:
+                for out in runner.push(packet):
+                    count_output(result, out)
+                    yield out
+                result.media_s = source.stats.duration_s
+                result.frames = source.stats.frames_sampled
+                result.corrupt_packets = source.stats.corrupt_packets
+                result.tokens_in = encoder_tokens(runner)
+                result.wall_s = time.perf_counter() - t_start
+                if self.progress is not None:
+                    self.progress(result)
+        except StreamzipError as err:
+            raise err.with_context(input=result.input)
+        finally:
+            result.wall_s = time.perf_counter() - t_start
+            result.audio_s = source.stats.audio_samples / pipeline.decode.sample_rate_hz
