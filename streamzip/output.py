@@ -128,6 +128,8 @@ def write_output(out_dir: str | os.PathLike[str], name: str, packets: Iterable[T
             for q in parts[:-1]:
                 offsets.append(offsets[-1] + q.num_tokens)
             tensors[f"{g}.src"] = torch.cat([q.src for q in parts]).contiguous()  # type: ignore[misc]
+            tensors[f"{g}.src_packet"] = torch.cat([torch.full((q.src.numel(),), i, dtype=torch.int64)  # type: ignore[union-attr]
+                                                    for i, q in enumerate(parts)])
             tensors[f"{g}.assignment"] = torch.cat([
                 torch.where(q.assignment >= 0, q.assignment + off, q.assignment)  # type: ignore[operator]
                 for q, off in zip(parts, offsets)]).contiguous()
@@ -205,17 +207,24 @@ class Output:
 
     def packets(self, group: str = "tokens/video") -> list[Tokens]:
         """The group's packets as written, each with its meta."""
-        from streamzip.tokens import take
-
         whole = self.tokens(group)
+        src_packet = self.tensors.get(f"{group}.src_packet")
         out = []
         for entry in self.manifest["packets"]:
             if entry["group"] != group:
                 continue
-            idx = torch.arange(entry["start"], entry["start"] + entry["count"], dtype=torch.int64)
-            p = take(whole, idx, keep_dropped=False)
-            p.meta = dict(entry["meta"])
-            out.append(p)
+            a, n = entry["start"], entry["count"]
+            src = assignment = None
+            if whole.src is not None and whole.assignment is not None and src_packet is not None:
+                mine = src_packet == entry["index"]
+                src = whole.src[mine]
+                assignment = whole.assignment[mine]
+                assignment = torch.where(assignment >= 0, assignment - a, assignment)
+            out.append(Tokens(stream=whole.stream, modality=whole.modality, data=whole.data[a:a + n],
+                              t0=whole.t0[a:a + n], t1=whole.t1[a:a + n], pos=whole.pos[a:a + n],
+                              size=whole.size[a:a + n], src=src, assignment=assignment,
+                              score=whole.score[a:a + n] if whole.score is not None else None,
+                              meta=dict(entry["meta"])))
         return out
 
 

@@ -33,6 +33,9 @@ from streamzip.sources._names import display_name
 __all__ = ["DecodeConfig", "FileSource", "SourceStats"]
 
 LAVFI_PREFIX = "lavfi:"
+# Demuxers that accept any text file (ANSI art, subtitles): never what a user means as media.
+_TEXT_FORMATS = {"tty", "srt", "ass", "webvtt", "subviewer", "subviewer1", "microdvd", "jacosub", "sami",
+                 "realtext", "mpl2", "pjs", "stl", "vplayer", "lrc", "aqtitle"}
 
 
 @dataclass(frozen=True)
@@ -130,11 +133,16 @@ class FileSource:
             raise NotMediaError("the file is empty (0 bytes)", input=self.name, stage="decode",
                                 fix="re-copy or re-record the file")
         try:
-            return av.open(path, metadata_errors="ignore")
+            container = av.open(path, metadata_errors="ignore")
         except av.error.FFmpegError as err:
             raise NotMediaError(f"FFmpeg cannot read this as media ({err.strerror or err})",
                                 input=self.name, stage="decode",
                                 fix="check that the file is a complete audio/video file") from err
+        if container.format.name in _TEXT_FORMATS:
+            container.close()
+            raise NotMediaError(f"this is text, not media (FFmpeg would only render it as {container.format.name!r})",
+                                input=self.name, stage="decode", fix="pass an audio or video file")
+        return container
 
     def _pick_streams(self, container: av.container.InputContainer):  # type: ignore[no-untyped-def]
         vids = [s for s in container.streams.video if s.codec_context is not None]
@@ -274,6 +282,8 @@ class _VideoSampler:
                 self.next_t = max(t, self.cfg.start_s)
             if t + self.tolerance_s < self.next_t:
                 continue
+            if self.cfg.end_s is not None and self.next_t >= self.cfg.end_s - 1e-9:
+                continue  # the sample time this frame stands for is past the selection
             # Skip ahead over sample times this frame already passed (a gap or a low source fps).
             self.next_t += self.step * max(1, math.floor((t + self.tolerance_s - self.next_t) / self.step + 1e-9) + 1)
             rgb = self.reformatter.reformat(frame, width=self.cfg.width, height=self.cfg.height,

@@ -1,0 +1,3 @@
+from streamzip.cli import main
+
+raise SystemExit(main())
