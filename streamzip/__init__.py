@@ -20,8 +20,11 @@ from streamzip.errors import (
     TokenError,
 )
 from streamzip.operator import Operator
+from streamzip.output import load
 from streamzip.packets import AUDIO, VIDEO, AudioChunk, End, Gap, Packet, Tokens, VideoFrames
+from streamzip.pipeline import Pipeline, load_pipeline
 from streamzip.registry import register
+from streamzip.sources import DecodeConfig, FileSource
 
 __all__ = [
     "AUDIO",
@@ -29,6 +32,11 @@ __all__ = [
     "AudioChunk",
     "BackendError",
     "Config",
+    "DecodeConfig",
+    "FileSource",
+    "Pipeline",
+    "load",
+    "load_pipeline",
     "ConfigError",
     "CorruptMediaError",
     "DependencyError",
