@@ -19,6 +19,8 @@ from streamzip.registry import register
 
 _MEAN = torch.tensor([0.485, 0.456, 0.406])
 _STD = torch.tensor([0.229, 0.224, 0.225])
+_SCALE = 1.0 / (255.0 * _STD)
+_SHIFT = _MEAN / _STD
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,10 @@ def patchify(frames: torch.Tensor, patch_size: int, *, normalize: bool = True) -
     if rows == 0 or cols == 0:
         raise ValueError(f"frames of {w}x{h} are smaller than one {p}px patch; decode at a larger size "
                          f"or use a smaller patch_size")
-    x = frames[:, : rows * p, : cols * p, :].to(torch.float32).div_(255.0)
-    if normalize:
-        x = (x - _MEAN) / _STD
+    x = frames[:, : rows * p, : cols * p, :].to(torch.float32)
+    if normalize:  # (x/255 - mean)/std as one multiply-add, in place
+        x.mul_(_SCALE).sub_(_SHIFT)
+    else:
+        x.div_(255.0)
     x = x.reshape(t, rows, p, cols, p, c).permute(0, 1, 3, 2, 4, 5).reshape(t, rows * cols, p * p * c)
     return x.contiguous(), (rows, cols), None

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from streamzip._prefetch import prefetch
 from streamzip.errors import StreamzipError
 from streamzip.operator import Operator
 from streamzip.packets import AudioChunk, End, Gap, Packet, Tokens, VideoFrames
@@ -99,12 +100,14 @@ class LocalRuntime:
 
     Args:
         progress: called after each source packet with the input's :class:`InputResult` so far.
+        prefetch_depth: packets the decoder thread may run ahead of the stages (decode overlaps work).
     """
 
     name = "local"
 
-    def __init__(self, *, progress: ProgressFn | None = None) -> None:
+    def __init__(self, *, progress: ProgressFn | None = None, prefetch_depth: int = 4) -> None:
         self.progress = progress
+        self.prefetch_depth = prefetch_depth
         self.results: list[InputResult] = []
 
     def run(self, pipeline: Pipeline, inputs: Sequence[str]) -> Iterator[Packet]:
@@ -122,7 +125,7 @@ class LocalRuntime:
         runner = StageRunner(pipeline.build(result.stream), result)
         t_start = time.perf_counter()
         try:
-            for packet in source:
+            for packet in prefetch(lambda: source, depth=self.prefetch_depth):
                 for out in runner.push(packet):
                     count_output(result, out)
                     yield out

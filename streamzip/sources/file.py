@@ -58,6 +58,8 @@ class DecodeConfig(Config):
     audio_chunk_s: float = 1.0
     # Decoder threads; 0 = FFmpeg's choice. 2 fits this project's 2-core default machine.
     threads: int = 2
+    # swscale's fast bilinear: ~2x cheaper than bilinear when shrinking 720p to 224, same tokens' use.
+    interpolation: Literal["FAST_BILINEAR", "BILINEAR", "BICUBIC", "AREA", "LANCZOS"] = "FAST_BILINEAR"
 
     def check(self):  # type: ignore[no-untyped-def]
         if not 0 < self.fps <= 240:
@@ -247,6 +249,7 @@ class _VideoSampler:
         self.frames: list[np.ndarray] = []
         self.times: list[float] = []
         self.reformatter = VideoReformatter()
+        self._time_base: float | None = None
 
     @property
     def pending(self) -> bool:
@@ -254,8 +257,11 @@ class _VideoSampler:
 
     def _frame_time(self, frame: av.VideoFrame) -> float:
         t = None
-        if frame.pts is not None and frame.time_base is not None:
-            t = float(frame.pts * frame.time_base) - self.origin
+        if frame.pts is not None:
+            if self._time_base is None and frame.time_base is not None:
+                self._time_base = float(frame.time_base)  # Fraction arithmetic per frame is slow
+            if self._time_base is not None:
+                t = frame.pts * self._time_base - self.origin
         if t is None or math.isnan(t):
             self.src.stats.pts_fixed += 1
             rate = 25.0
@@ -287,7 +293,7 @@ class _VideoSampler:
             # Skip ahead over sample times this frame already passed (a gap or a low source fps).
             self.next_t += self.step * max(1, math.floor((t + self.tolerance_s - self.next_t) / self.step + 1e-9) + 1)
             rgb = self.reformatter.reformat(frame, width=self.cfg.width, height=self.cfg.height,
-                                            format="rgb24", interpolation="BILINEAR")
+                                            format="rgb24", interpolation=self.cfg.interpolation)
             self.frames.append(rgb.to_ndarray())
             self.times.append(t)
             self.src.stats.frames_sampled += 1

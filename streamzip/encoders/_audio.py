@@ -1,0 +1,155 @@
+"""Shared machinery of the audio stages: input checks, contiguity in stream time, and a streaming
+resampler whose output does not depend on how the audio was cut into chunks.
+
+Used by the ``fbank_encoder`` and by the VAD operator (``streamzip.operators.vad``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from streamzip.errors import InputError
+from streamzip.packets import AudioChunk
+
+__all__ = ["BlockResampler", "audio_samples", "is_contiguous"]
+
+
+def audio_samples(chunk: AudioChunk, *, stage: str | None = None) -> torch.Tensor:
+    """The chunk's samples as a ``(S,)`` float32 tensor; :class:`InputError` if they cannot be used.
+
+    Stages take mono audio: the file source downmixes, so a 2-D tensor here means a caller skipped it.
+    """
+    x = chunk.samples
+    where = {"input": chunk.stream or None, "stage": stage, "time_s": float(chunk.start_s)}
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"audio samples must be a torch.Tensor, got {type(x).__name__}", **where,
+                         fix="wrap the samples with torch.as_tensor(..., dtype=torch.float32)")
+    if x.dim() != 1:
+        raise InputError(f"audio samples must be mono (S,), got shape {tuple(x.shape)}", **where,
+                         fix="downmix to mono first, e.g. samples.mean(dim=0) for (channels, S) "
+                             "(the file source does this)")
+    if not x.is_floating_point():
+        raise InputError(f"audio samples must be float in [-1, 1], got dtype {x.dtype}", **where,
+                         fix="convert integer PCM with samples.float() / 32768 (int16)")
+    rate = chunk.sample_rate_hz
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+        raise InputError(f"sample_rate_hz must be a positive int, got {rate!r}", **where,
+                         fix="give the rate in samples per second, e.g. 16000")
+    x = x.to(torch.float32)
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).nonzero()[0, 0])
+        raise InputError(f"audio sample {bad} of the chunk is NaN or inf",
+                         **{**where, "time_s": float(chunk.start_s) + bad / rate},
+                         fix="check the decoder; audio stages take finite samples only")
+    return x.contiguous()
+
+
+def is_contiguous(expected_start_s: float | None, start_s: float, sample_rate_hz: int) -> bool:
+    """Whether a chunk starting at ``start_s`` follows on from audio that ended at ``expected_start_s``
+    (within half a sample: chunk times are sums of floats)."""
+    if expected_start_s is None:
+        return False
+    return abs(start_s - expected_start_s) <= 0.5 / sample_rate_hz
+
+
+def _sinc_kernel(orig: int, new: int, gcd: int) -> tuple[torch.Tensor | None, int]:
+    """torchaudio's own resampling kernel, computed once (its private helper; ``None`` when a
+    torchaudio version lacks it, and then :func:`torchaudio.functional.resample` is called)."""
+    try:
+        from torchaudio.functional.functional import _get_sinc_resample_kernel
+    except ImportError:  # pragma: no cover - depends on the torchaudio version
+        base = min(orig, new) // gcd * 0.99
+        return None, math.ceil(6 * (orig // gcd) / base)
+    kernel, width = _get_sinc_resample_kernel(orig, new, gcd, 6, 0.99, "sinc_interp_hann", None,
+                                              torch.device("cpu"), torch.float32)
+    return kernel, int(width)
+
+
+class BlockResampler:
+    """Streaming sinc resampler (torchaudio's) that gives the same samples however the input is cut.
+
+    The input is cut into fixed blocks aligned to the stream's first sample (about ``block_s`` long,
+    a whole number of the rates' common periods), and each block is resampled on its own with a few
+    periods of context either side: zeros before the first sample (as torchaudio pads) and after the
+    last (at :meth:`finish`). Since every block is computed from the same samples whatever the
+    chunking, the output is identical for any chunking. Latency: one block plus the context.
+
+    Output sample ``j`` stands for stream time ``origin + j / new_rate_hz``.
+    """
+
+    def __init__(self, orig_rate_hz: int, new_rate_hz: int, *, block_s: float = 0.1) -> None:
+        self.orig, self.new = int(orig_rate_hz), int(new_rate_hz)
+        g = math.gcd(self.orig, self.new)
+        self._gcd = g
+        self.period_in, self.period_out = self.orig // g, self.new // g
+        self._kernel, self._width = _sinc_kernel(self.orig, self.new, g)
+        self._ctx = (math.ceil(self._width / self.period_in) + 1) * self.period_in
+        self._block = max(1, round(block_s * self.orig / self.period_in)) * self.period_in
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream: zeros before its first sample."""
+        self._buf = torch.zeros(self._ctx, dtype=torch.float32)  # starts ctx samples before `_next`
+        self._total_in = 0  # input samples received
+        self._next = 0  # input index of the next block to resample
+
+    def _resample(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel is None:  # pragma: no cover - old/new torchaudio without the helper
+            import torchaudio.functional as taf
+
+            return taf.resample(x, self.orig, self.new)
+        from torchaudio.functional.functional import _apply_sinc_resample_kernel
+
+        return _apply_sinc_resample_kernel(x, self.orig, self.new, self._gcd, self._kernel, self._width)
+
+    def _block_out(self, length_in: int) -> torch.Tensor:
+        """Resample the block at ``_next`` of ``length_in`` real samples (the buffer holds its
+        context); returns its output samples."""
+        padded_len = math.ceil(length_in / self.period_in) * self.period_in
+        seg = self._buf[: self._ctx + padded_len + self._ctx]
+        if seg.numel() < self._ctx + padded_len + self._ctx:
+            seg = torch.nn.functional.pad(seg, (0, self._ctx + padded_len + self._ctx - seg.numel()))
+        out = self._resample(seg)
+        first = self._ctx // self.period_in * self.period_out
+        num_out = math.ceil(length_in * self.new / self.orig)
+        return out[first: first + num_out]
+
+    def push(self, samples: torch.Tensor) -> torch.Tensor:
+        """Feed ``(S,)`` samples; returns the output samples that became final (maybe none)."""
+        if self.orig == self.new:
+            self._total_in += samples.numel()
+            return samples
+        self._buf = torch.cat([self._buf, samples.to(torch.float32)])
+        self._total_in += samples.numel()
+        outs = []
+        while self._total_in - self._next >= self._block + self._ctx:
+            outs.append(self._block_out(self._block))
+            self._next += self._block
+            self._buf = self._buf[self._block:]
+        return torch.cat(outs) if outs else torch.zeros(0, dtype=torch.float32)
+
+    def finish(self) -> torch.Tensor:
+        """The rest of the output, with zeros after the last sample; then :meth:`reset`."""
+        if self.orig == self.new:
+            self.reset()
+            return torch.zeros(0, dtype=torch.float32)
+        outs = []
+        while self._total_in > self._next:
+            length = min(self._block, self._total_in - self._next)
+            outs.append(self._block_out(length))
+            self._next += length
+            self._buf = self._buf[length:]
+        self.reset()
+        return torch.cat(outs) if outs else torch.zeros(0, dtype=torch.float32)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"buf": self._buf.clone(), "total_in": self._total_in, "next": self._next}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        buf = state["buf"]
+        assert isinstance(buf, torch.Tensor)
+        self._buf = buf.clone().to(torch.float32)
+        self._total_in = int(state["total_in"])  # type: ignore[call-overload]
+        self._next = int(state["next"])  # type: ignore[call-overload]

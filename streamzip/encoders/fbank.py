@@ -1,0 +1,243 @@
+"""The ``fbank`` audio encoder: Kaldi-compatible log-mel filterbanks, stacked into tokens.
+
+Features are torchaudio's :func:`torchaudio.compliance.kaldi.fbank` (25 ms Povey windows every
+10 ms, 80 mel bins, no dither so the output is deterministic) on 16 kHz mono; other rates are
+resampled first (:class:`~streamzip.encoders._audio.BlockResampler`). The waveform is scaled to the
+int16 range, as Kaldi (and WeNet, FunASR…) feed it.
+
+**Tokens.** ``mode="stack"`` (default) concatenates ``k`` consecutive frames into one token
+(``k = 100 / tokens_per_s``: 4 frames → 320 dims at the default 25 tokens/s), the "low frame rate"
+stacking of Paraformer/SenseVoice front ends: it keeps the order of the frames inside a token, so
+adjacent-token similarity (A-ToMe) still sees the spectral change within 40 ms. ``mode="pool"``
+averages them instead (80 dims).
+
+**Normalisation.** ``normalize="frame"`` (default) subtracts each frame's mean over the mel bins, so
+a token describes the spectral shape and cosine similarity is not dominated by the overall level (raw
+log-mels are all of one sign and every pair of them looks alike). It is per frame, so streaming needs
+no statistics. ``"none"`` keeps Kaldi's raw log-mels.
+
+**Time.** Frame ``j`` of a stretch of contiguous audio starting at ``start_s`` covers the hop
+``[start_s + j·10 ms, +10 ms)`` (its 25 ms window reaches 15 ms further); a token covers the hops of
+its frames, so the tokens of one stretch tile the clock: ``t1[i] == t0[i+1]``. Times are stream time
+(the chunks' ``start_s``), so silence the VAD removed never shifts them.
+
+**Streaming.** Features are computed in fixed blocks of 10 tokens counted from the start of a stretch
+of contiguous audio; the samples of an unfinished block are carried to the next chunk, so the tokens
+are bit-identical however the audio was chunked (latency: one block, 0.4 s at 25 tokens/s). A
+chunk that does not start where the previous one ended (silence removed, a hole in the input, another
+sample rate) starts a new stretch: the previous one ends with a partial token (its frames padded by
+repeating the last one in ``stack`` mode) and samples short of one 25 ms window are dropped.
+Every token gets a fresh id (``src``) for provenance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torchaudio.compliance import kaldi
+
+from streamzip.config import Config
+from streamzip.encoders._audio import BlockResampler, audio_samples, is_contiguous
+from streamzip.operator import Operator
+from streamzip.packets import AUDIO, AudioChunk, Gap, Packet, Tokens
+from streamzip.registry import register
+from streamzip.tokens import cat, with_fresh_assignment
+
+__all__ = ["FbankEncoder", "FbankEncoderConfig", "fbank_frames", "frames_to_tokens", "FEATURE_RATE_HZ"]
+
+#: The rate the features are computed at; other inputs are resampled to it.
+FEATURE_RATE_HZ = 16000
+_FRAME_LEN = 400  # 25 ms at 16 kHz
+_HOP = 160  # 10 ms at 16 kHz
+_HOP_S = _HOP / FEATURE_RATE_HZ
+_BLOCK_TOKENS = 10  # tokens per fbank call (0.4 s at 25 tokens/s): see FbankEncoder._feed
+
+
+@dataclass(frozen=True)
+class FbankEncoderConfig(Config):
+    # 80 bins: the Kaldi/Whisper/WeNet standard for speech models.
+    num_mel_bins: int = 80
+    # 25 tokens/s (40 ms per token): the rate of common speech encoders after 4x subsampling.
+    tokens_per_s: float = 25.0
+    # Stacking keeps the order of frames within a token (see the module docstring).
+    mode: Literal["stack", "pool"] = "stack"
+    # Per-frame mean removal: level-independent tokens, so cosine similarity compares spectra.
+    normalize: Literal["frame", "none"] = "frame"
+
+    @property
+    def frames_per_token(self) -> int:
+        return round(1.0 / (self.tokens_per_s * _HOP_S))
+
+    @property
+    def dim(self) -> int:
+        return self.num_mel_bins * (self.frames_per_token if self.mode == "stack" else 1)
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if not 10 <= self.num_mel_bins <= 256:
+            yield "num_mel_bins", f"must be in [10, 256], got {self.num_mel_bins}"
+        if not 0 < self.tokens_per_s <= 100:
+            yield "tokens_per_s", f"must be in (0, 100] (frames come every 10 ms), got {self.tokens_per_s}"
+        else:
+            k = 1.0 / (self.tokens_per_s * _HOP_S)
+            if abs(k - round(k)) > 1e-6:
+                yield "tokens_per_s", (f"a token must hold a whole number of 10 ms frames, got {self.tokens_per_s} "
+                                       f"({k:.3f} frames); use 100 / k for an integer k: 100, 50, 25, 20, 12.5, 10…")
+
+
+def fbank_frames(samples_16k: torch.Tensor, *, num_mel_bins: int = 80, normalize: str = "frame") -> torch.Tensor:
+    """Log-mel frames of ``(S,)`` float samples at 16 kHz: ``(F, num_mel_bins)`` float32 with
+    ``F = 1 + (S - 400) // 160`` (0 when ``S < 400``); frame ``j`` uses samples ``[160j, 160j + 400)``."""
+    if samples_16k.numel() < _FRAME_LEN:
+        return torch.zeros(0, num_mel_bins, dtype=torch.float32)
+    feats = kaldi.fbank(samples_16k.to(torch.float32)[None] * 32768.0, num_mel_bins=num_mel_bins,
+                        frame_length=_FRAME_LEN * 1000.0 / FEATURE_RATE_HZ,
+                        frame_shift=_HOP * 1000.0 / FEATURE_RATE_HZ, dither=0.0,
+                        sample_frequency=float(FEATURE_RATE_HZ), snip_edges=True)
+    if normalize == "frame":
+        feats = feats - feats.mean(dim=1, keepdim=True)
+    return feats.to(torch.float32)
+
+
+def frames_to_tokens(frames: torch.Tensor, frames_per_token: int, mode: str) -> torch.Tensor:
+    """``(F, B)`` frames → ``(ceil(F / k), D)`` tokens: stacks (``D = k·B``) or means (``D = B``) of
+    ``k`` consecutive frames. A partial last group is padded by repeating its last frame (stack)
+    or averaged over the frames it has (pool)."""
+    f, b = frames.shape
+    k = frames_per_token
+    n = -(-f // k)
+    if n == 0:
+        return torch.zeros(0, k * b if mode == "stack" else b, dtype=torch.float32)
+    if mode == "pool":
+        full = f // k
+        parts = [frames[: full * k].reshape(full, k, b).mean(dim=1)]
+        if f % k:
+            parts.append(frames[full * k:].mean(dim=0, keepdim=True))
+        return torch.cat(parts).contiguous()
+    if f % k:
+        frames = torch.cat([frames, frames[-1:].expand(n * k - f, b)])
+    return frames.reshape(n, k * b).contiguous()
+
+
+@register("fbank_encoder", kind="encoder")
+class FbankEncoder(Operator):
+    """Kaldi log-mel filterbanks stacked into audio tokens (default 25 tokens/s, 320 dims)."""
+
+    config_class = FbankEncoderConfig
+    config: FbankEncoderConfig
+    accepts = (AudioChunk,)
+    modalities = (AUDIO,)
+    produces = (AUDIO,)
+
+    def __init__(self, config: FbankEncoderConfig | None = None, **kw: Any) -> None:
+        super().__init__(config, **kw)
+        self._next_id = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        """No stretch open."""
+        self._rate: int | None = None
+        self._origin_s = 0.0  # stream time of the stretch's first sample
+        self._expected_s: float | None = None  # where the next contiguous chunk starts
+        self._resampler: BlockResampler | None = None
+        self._buf = torch.zeros(0, dtype=torch.float32)  # 16 kHz samples from the next frame on
+        self._stream_name = self.stream  # the stream of the chunks of this stretch
+        self._token_frame = 0  # the stretch's frame index of the next frame
+
+    # -- the stream ---------------------------------------------------------------------------
+    def process(self, packet: Packet) -> list[Packet]:
+        assert isinstance(packet, AudioChunk)
+        samples = audio_samples(packet, stage=self.step_id)
+        out: list[Packet] = []
+        if samples.numel() == 0:
+            return out
+        rate = packet.sample_rate_hz
+        if rate != self._rate or not is_contiguous(self._expected_s, packet.start_s, rate):
+            out.extend(self._end_stretch())
+            self._rate, self._origin_s, self._stream_name = rate, float(packet.start_s), packet.stream
+            self._resampler = BlockResampler(rate, FEATURE_RATE_HZ) if rate != FEATURE_RATE_HZ else None
+        self._expected_s = float(packet.start_s) + samples.numel() / rate
+        x = self._resampler.push(samples) if self._resampler is not None else samples
+        out.extend(self._feed(x, final=False))
+        return out
+
+    def _feed(self, x: torch.Tensor, *, final: bool) -> list[Packet]:
+        """Add 16 kHz samples; turn every whole block of frames (all frames left when ``final``) into
+        tokens. Blocks have a fixed number of frames, counted from the stretch's start, because the
+        batched FFT and matrix products round differently for different batch sizes: fixed blocks
+        make the tokens bit-identical however the audio was chunked."""
+        buf = torch.cat([self._buf, x]) if self._buf.numel() else x
+        block = self.config.frames_per_token * _BLOCK_TOKENS
+        need = (block - 1) * _HOP + _FRAME_LEN
+        parts = []
+        start = 0
+        while buf.numel() - start >= need:
+            parts.append(self._make_tokens(self._frames(buf[start: start + need])))
+            start += block * _HOP
+        if final:
+            frames = self._frames(buf[start:])
+            if frames.shape[0]:
+                parts.append(self._make_tokens(frames))
+            start = buf.numel()
+        self._buf = buf[start:].clone()
+        return [cat(parts)] if parts else []
+
+    def _frames(self, samples: torch.Tensor) -> torch.Tensor:
+        return fbank_frames(samples, num_mel_bins=self.config.num_mel_bins, normalize=self.config.normalize)
+
+    def _make_tokens(self, frames: torch.Tensor) -> Tokens:
+        k = self.config.frames_per_token
+        data = frames_to_tokens(frames, k, self.config.mode)
+        n = data.shape[0]
+        first = self._token_frame + torch.arange(n, dtype=torch.float64) * k
+        last = torch.clamp(first + k, max=float(self._token_frame + frames.shape[0]))
+        self._token_frame += frames.shape[0]
+        tokens = Tokens(
+            stream=self._stream_name, modality=AUDIO, data=data,
+            t0=self._origin_s + first * _HOP_S, t1=self._origin_s + last * _HOP_S,
+            pos=torch.full((n, 2), -1, dtype=torch.int32), size=torch.ones(n, dtype=torch.int64),
+            meta={"frames_per_token": k, "frame_shift_s": _HOP_S, "feature": "fbank"},
+        )
+        with_fresh_assignment(tokens, self._next_id)
+        self._next_id += n
+        return tokens
+
+    def _end_stretch(self) -> list[Packet]:
+        """Finish the open stretch: the resampler's tail, the last frames, a partial last token."""
+        if self._rate is None:
+            return []
+        tail = self._resampler.finish() if self._resampler is not None else torch.zeros(0)
+        out = self._feed(tail, final=True)
+        self._clear()
+        return out
+
+    def flush(self) -> list[Packet]:
+        return self._end_stretch()
+
+    def on_gap(self, gap: Gap) -> list[Packet]:
+        return [*self._end_stretch(), gap]
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "next_id": self._next_id, "rate": self._rate, "origin_s": self._origin_s,
+            "expected_s": self._expected_s, "buf": self._buf.clone(), "stream_name": self._stream_name,
+            "token_frame": self._token_frame,
+            "resampler": self._resampler.state_dict() if self._resampler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._next_id = int(state["next_id"])
+        self._rate = None if state["rate"] is None else int(state["rate"])
+        self._origin_s = float(state["origin_s"])
+        self._expected_s = None if state["expected_s"] is None else float(state["expected_s"])
+        self._buf = state["buf"].clone()
+        self._stream_name = str(state["stream_name"])
+        self._token_frame = int(state["token_frame"])
+        self._resampler = None
+        if self._rate is not None and self._rate != FEATURE_RATE_HZ:
+            self._resampler = BlockResampler(self._rate, FEATURE_RATE_HZ)
+            if state["resampler"] is not None:
+                self._resampler.load_state_dict(state["resampler"])
