@@ -38,6 +38,9 @@ class Operator:
     modalities: ClassVar[tuple[str, ...] | None] = None
     #: token modalities this stage creates (encoders), for pipeline validation.
     produces: ClassVar[tuple[str, ...]] = ()
+    #: what one actor of this stage asks of the Ray runtime. A quarter core by default: most stages
+    #: are light, and on a 2-core machine a whole core per actor would not even fit one pipeline.
+    resources: ClassVar[dict[str, float]] = {"num_cpus": 0.25}
 
     def __init__(self, config: Config | None = None, *, stream: str = "", step_id: str | None = None) -> None:
         self.config = config if config is not None else self.config_class()

@@ -35,7 +35,9 @@ from streamzip.sources.file import DecodeConfig
 
 __all__ = ["Pipeline", "Step", "load_pipeline"]
 
-_RESERVED = ("id", "op")
+_RESERVED = ("id", "op", "resources")
+#: what a stage may ask of the Ray runtime; fractions let several stage actors share a core.
+_RESOURCE_KEYS = {"num_cpus": (0.0, 64.0), "num_gpus": (0.0, 8.0), "memory_mb": (0.0, 1_048_576.0)}
 
 
 @dataclass
@@ -47,9 +49,14 @@ class Step:
     params: dict[str, Any] = field(default_factory=dict)
     #: a Python callable for ``function_encoder`` steps built in the DSL (not expressible in YAML).
     fn: Callable[..., Any] | None = None
+    #: overrides of the stage's declared resources (``num_cpus``, ``num_gpus``, ``memory_mb``).
+    resources: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "op": self.op, **self.params}
+        out: dict[str, Any] = {"id": self.id, "op": self.op, **self.params}
+        if self.resources:
+            out["resources"] = dict(self.resources)
+        return out
 
 
 class Pipeline:
@@ -70,9 +77,14 @@ class Pipeline:
         self.steps: list[Step] = []
 
     # -- building -----------------------------------------------------------------------------
-    def add(self, op: str, *, id: str | None = None, **params: Any) -> Pipeline:  # noqa: A002
-        """Append a step running the stage registered as ``op``; returns the pipeline for chaining."""
-        self.steps.append(Step(id=id or self._fresh_id(op), op=op, params=dict(params)))
+    def add(self, op: str, *, id: str | None = None, resources: Mapping[str, float] | None = None,  # noqa: A002
+            **params: Any) -> Pipeline:
+        """Append a step running the stage registered as ``op``; returns the pipeline for chaining.
+
+        ``resources`` overrides what the stage asks of the Ray runtime (``num_cpus``, ``num_gpus``,
+        ``memory_mb``); by default each stage declares its own (see :meth:`resources`)."""
+        self.steps.append(Step(id=id or self._fresh_id(op), op=op, params=dict(params),
+                               resources=dict(resources or {})))
         return self
 
     def encode_with(self, fn: Callable[..., Any], *, id: str = "encoder") -> Pipeline:  # noqa: A002
@@ -151,7 +163,11 @@ class Pipeline:
                 problems.append(Problem(join_path(path, "id"), f"expected a string, got {sid!r}"))
                 sid = None
             params = {k: v for k, v in raw.items() if k not in _RESERVED}
-            pipe.add(op, id=sid, **params)
+            res = raw.get("resources") or {}
+            if not isinstance(res, Mapping):
+                problems.append(Problem(join_path(path, "resources"), f"expected a mapping, got {res!r}"))
+                res = {}
+            pipe.add(op, id=sid, resources=dict(res), **params)
         if problems:
             raise ConfigError(problems, input=source)
         return pipe
@@ -203,6 +219,15 @@ class Pipeline:
                 info.cls.config_class.from_mapping(step.params, path)
             except ConfigError as err:
                 problems.extend(err.problems)
+            for key, value in step.resources.items():
+                rpath = join_path(join_path(path, "resources"), key)
+                if key not in _RESOURCE_KEYS:
+                    problems.append(Problem(rpath, f"unknown resource; allowed: {', '.join(_RESOURCE_KEYS)}"))
+                elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                    problems.append(Problem(rpath, f"expected a number, got {value!r}"))
+                elif not _RESOURCE_KEYS[key][0] <= value <= _RESOURCE_KEYS[key][1]:
+                    lo, hi = _RESOURCE_KEYS[key]
+                    problems.append(Problem(rpath, f"must be in [{lo:g}, {hi:g}], got {value}"))
             if step.op == "function_encoder" and step.fn is None and not step.params.get("function"):
                 problems.append(Problem(join_path(path, "function"),
                                         "a function_encoder needs 'function: package.module:callable'"))
@@ -230,6 +255,17 @@ class Pipeline:
         """The token modalities the pipeline's encoders make."""
         self.validate()
         return {m for s in self.steps for m in get_stage(s.op).cls.produces}
+
+    def resources(self) -> dict[str, dict[str, float]]:
+        """What each step's actor asks of the Ray runtime, by step id: the stage class's declared
+        ``resources`` with the step's overrides on top."""
+        self.validate()
+        out = {}
+        for step in self.steps:
+            declared = dict(get_stage(step.op).cls.resources)
+            declared.update({k: float(v) for k, v in step.resources.items()})
+            out[step.id] = declared
+        return out
 
     def build(self, stream: str = "") -> list[Operator]:
         """Fresh stage instances for one stream (stateful stages are one per stream)."""

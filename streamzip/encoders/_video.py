@@ -17,6 +17,7 @@ class VideoEncoder(Operator):
 
     accepts = (VideoFrames,)
     produces = (VIDEO,)
+    resources = {"num_cpus": 0.5}  # encoders do the heaviest per-frame work
 
     def __init__(self, config: Any = None, **kw: Any) -> None:
         super().__init__(config, **kw)

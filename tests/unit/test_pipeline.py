@@ -93,3 +93,13 @@ def test_builtin_pipelines_are_valid() -> None:
 def test_unknown_pipeline_name_lists_builtins() -> None:
     with pytest.raises(ConfigError, match="built-in: .*default"):
         load_pipeline("no-such-pipeline")
+
+
+def test_resources_are_declared_and_overridable() -> None:
+    pipe = Pipeline().add("patch_encoder", id="enc", resources={"num_cpus": 1.5})
+    assert pipe.resources() == {"enc": {"num_cpus": 1.5}}
+    assert Pipeline.from_yaml(pipe.to_yaml()).resources() == {"enc": {"num_cpus": 1.5}}
+    assert Pipeline().add("patch_encoder", id="enc").resources() == {"enc": {"num_cpus": 0.5}}
+    with pytest.raises(ConfigError) as info:
+        Pipeline().add("patch_encoder", resources={"num_cpus": -1, "tpus": 1}).validate()
+    assert {p.path for p in info.value.problems} == {"steps[0].resources.num_cpus", "steps[0].resources.tpus"}
