@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,7 +98,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     pipeline.validate()
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
     options: dict[str, Any] = {}
-    if args.runtime == "ray" and args.address:
+    if args.address:
+        if args.runtime != "ray":
+            raise ConfigError("--address joins a Ray cluster: use it with --runtime ray")
         options["address"] = args.address
     try:
         results = run_job(pipeline, args.input, args.output, runtime=args.runtime,
@@ -113,6 +116,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if done:
             print(f"outputs in {args.output} ({len(done)} folder{'s' if len(done) != 1 else ''})")
     return 0 if all(r.ok for r in results) else 1
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from streamzip.batch import run_batch
+    from streamzip.pipeline import load_pipeline
+
+    pipeline = load_pipeline(args.pipeline)
+    for item in args.set or []:
+        _apply_override(pipeline, item)
+    pipeline.validate()
+    bar: Any = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(desc="inputs", unit="input", file=sys.stderr)
+    started = time.perf_counter()
+
+    def progress(results: list[Any], total: int) -> None:
+        if bar is None:
+            return
+        bar.total = total
+        bar.n = len(results)
+        frames = sum(r.frames for r in results)
+        rate = frames / max(1e-9, time.perf_counter() - started)
+        bar.set_postfix_str(f"{rate:.0f} frames/s, tokens {sum(r.tokens_in for r in results):,} → "
+                            f"{sum(r.tokens_out for r in results):,}, {sum(not r.ok for r in results)} failed",
+                            refresh=False)
+        bar.refresh()
+
+    try:
+        results = run_batch(pipeline, args.inputs, args.output, address=args.address,
+                            cpus_per_input=args.cpus_per_input, parquet=args.parquet, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(summary_table([r for r in results if not r.skipped]) if any(not r.skipped for r in results) else "")
+    skipped = sum(r.skipped for r in results)
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results)} inputs: {len(results) - skipped - len(failed)} done, {skipped} already done (skipped), "
+          f"{len(failed)} failed{' (see ' + os.path.join(args.output, 'errors.jsonl') + ')' if failed else ''}")
+    return 1 if failed else 0
 
 
 def _apply_override(pipeline: Any, item: str) -> None:
@@ -223,11 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("pipeline", help="a pipeline YAML file, or a built-in pipeline name (e.g. default)")
     r.add_argument("-i", "--input", action="append", required=True, help="an input file (repeat for several)")
     r.add_argument("-o", "--output", help="output folder (one sub-folder per input)")
-    r.add_argument("--runtime", default="local", choices=["local", "ray"], help="where stages run")
-    r.add_argument("--address", help="a Ray cluster address to join (ray runtime)")
+    r.add_argument("--runtime", default="ray", choices=["local", "ray"],
+                   help="ray (default): each stage a Ray actor, Ray embedded unless --address; local: in-process")
+    r.add_argument("--address", help="a Ray cluster to join (host:port, ray://host:10001 or auto)")
     r.add_argument("--set", action="append", metavar="STEP.OPTION=VALUE", help="override an option")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
+
+    b = sub.add_parser("batch", help="preprocess many files over Ray (re-runs skip finished inputs)")
+    b.add_argument("inputs", nargs="+", help="files or folders")
+    b.add_argument("-o", "--output", required=True, help="output folder (one sub-folder per input)")
+    b.add_argument("-p", "--pipeline", default="default", help="pipeline YAML or built-in name (default: default)")
+    b.add_argument("--address", help="a Ray cluster to join; embedded Ray when left out")
+    b.add_argument("--cpus-per-input", type=float, default=1.0, help="CPUs each input's task reserves")
+    b.add_argument("--parquet", action="store_true", help="also write tokens.parquet per input")
+    b.add_argument("--set", action="append", metavar="STEP.OPTION=VALUE", help="override an option")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=_cmd_batch)
 
     v = sub.add_parser("validate", help="check pipelines without running them")
     v.add_argument("pipelines", nargs="+")

@@ -270,15 +270,17 @@ class Pipeline:
     def build(self, stream: str = "") -> list[Operator]:
         """Fresh stage instances for one stream (stateful stages are one per stream)."""
         self.validate()
-        stages: list[Operator] = []
-        for i, step in enumerate(self.steps):
-            info = get_stage(step.op)
-            config: Config = info.cls.config_class.from_mapping(step.params, join_path("steps", i))
-            kwargs: dict[str, Any] = {"stream": stream, "step_id": step.id}
-            if step.fn is not None:
-                kwargs["fn"] = step.fn
-            stages.append(info.cls(config, **kwargs))
-        return stages
+        return [self.build_step(i, stream) for i in range(len(self.steps))]
+
+    def build_step(self, index: int, stream: str = "") -> Operator:
+        """A fresh instance of step ``index`` for one stream."""
+        step = self.steps[index]
+        info = get_stage(step.op)
+        config: Config = info.cls.config_class.from_mapping(step.params, join_path("steps", index))
+        kwargs: dict[str, Any] = {"stream": stream, "step_id": step.id}
+        if step.fn is not None:
+            kwargs["fn"] = step.fn
+        return info.cls(config, **kwargs)
 
     def run(self, inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
             runtime: str = "local", **options: Any) -> Iterator[Packet]:

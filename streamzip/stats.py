@@ -19,6 +19,7 @@ class StageStats:
     tokens_in: int = 0
     tokens_out: int = 0
     seconds: float = 0.0
+    restarts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,6 +45,8 @@ class InputResult:
     corrupt_packets: int = 0
     output: str | None = None
     skipped: bool = False
+    restarts: int = 0
+    drops: int = 0
     stages: list[StageStats] = field(default_factory=list)
 
     @property

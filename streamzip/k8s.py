@@ -1,0 +1,635 @@
+"""KubeRay manifests computed from a pipeline: ``streamzip k8s render PIPELINE``.
+
+A generator rather than Kustomize base + overlays, because the size of a worker pod follows from the
+pipeline: every stage declares what one of its actors asks of Ray (:meth:`Pipeline.resources`, with
+per-step overrides), and the generator turns that into Ray's ``num-cpus``/``num-gpus`` and the pod's
+Kubernetes requests, the same numbers in both places. With Kustomize those numbers would be copied by
+hand into patches and drift from the stages. The environments are two :class:`Overlay` values (``dev``,
+``prod``); the default manifests are checked in under ``k8s/rendered/`` for users without Python
+(``streamzip k8s defaults`` rewrites them, a test keeps them current).
+
+Resource model (docs/deploy.md explains it with numbers). A *stream* is one camera (live) or one input
+being processed (batch); each stage runs one actor per stream, so per stream:
+
+* CPU group: the source (:data:`SOURCE_RESOURCES`, the decoder) plus every step that asks no GPU:
+  ``num_cpus`` summed; memory: each actor's ``memory_mb``, or :data:`ACTOR_MEMORY_MB` when it declares none.
+* GPU group (only when some step asks ``num_gpus``): those steps, summed the same way.
+
+A CPU worker holds ``S`` streams (:attr:`Overlay.streams_per_cpu_worker`): Ray ``num-cpus`` =
+``ceil(S × cpu per stream)``, which is also the container's CPU request and limit; memory = ``S × memory
+per stream`` + the object store + :data:`RAY_NODE_OVERHEAD_MB`. A GPU worker with ``g`` GPUs holds
+``floor(g / gpus per stream)`` streams of the GPU steps. An encoder shared by streams as a pool makes these
+upper bounds, never too small.
+
+Entry points: a RayJob runs ``sh -c 'streamzip validate /config/pipeline.yaml && exec streamzip batch …'``
+so an invalid pipeline in the ConfigMap stops the job before any Ray work; the live cluster runs the
+driver ``streamzip live …`` in a container beside the Ray head (it shares ``/tmp/ray`` to join the node),
+behind a Service. Credentials only ever appear as Secret references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import re
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from streamzip._version import __version__
+from streamzip.errors import ConfigError, Problem, StreamzipError
+from streamzip.pipeline import Pipeline, load_pipeline
+from streamzip.sources._names import redact
+
+__all__ = [
+    "ACTOR_MEMORY_MB",
+    "KINDS",
+    "OVERLAYS",
+    "PIPELINE_PATH",
+    "SECRET_ENV",
+    "SOURCE_RESOURCES",
+    "Overlay",
+    "ResourcePlan",
+    "add_cli",
+    "default_manifests",
+    "dump",
+    "entrypoint_script",
+    "main",
+    "plan_resources",
+    "ray_version",
+    "render",
+]
+
+KINDS = ("cluster", "job")
+CONFIG_DIR = "/config"
+PIPELINE_FILE = "pipeline.yaml"
+PIPELINE_PATH = f"{CONFIG_DIR}/{PIPELINE_FILE}"
+DATA_DIR = "/data"
+LIVE_PORT = 8000
+UID = 1000  # the `ray` user of k8s/Dockerfile
+#: the Secret the live driver reads, and how its keys reach the process: (env var, key, optional).
+SECRET_NAME = "streamzip-secrets"
+SECRET_ENV = (
+    ("STREAMZIP_RTSP_USERNAME", "rtsp-username", True),  # optional: cameras without authentication
+    ("STREAMZIP_RTSP_PASSWORD", "rtsp-password", True),
+    ("STREAMZIP_LIVE_TOKEN", "live-token", False),  # the endpoint needs a bearer token off loopback
+)
+#: the decoder of one stream; 1080p30 H.264 decode measures ~0.3 core (research/engines.md §10.2).
+SOURCE_RESOURCES: dict[str, float] = {"num_cpus": 0.5}
+#: memory of one actor process when its stage declares none: 315 MB private memory measured for a
+#: process that imported streamzip and torch (docs/deploy.md), plus room for its packets.
+ACTOR_MEMORY_MB = 400.0
+#: object store per stream: a few batches in flight per edge (a 8-frame 224² packet is 1.2 MB of frames,
+#: 4.8 MB of 768-d float32 patch tokens), with ~4x headroom; an estimate until benchmarks/ray.py lands.
+OBJECT_STORE_MB_PER_STREAM = 128
+OBJECT_STORE_MIN_MB = 512
+#: raylet, dashboard agent, runtime-env agent and log monitor of one node (estimate).
+RAY_NODE_OVERHEAD_MB = 1024
+EXAMPLE_URL = "rtsp://camera-1.example.com:554/stream1"
+_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """What differs between environments: sizes, bounds and timeouts, never the structure."""
+
+    name: str
+    head_cpus: int
+    head_memory_mb: int
+    driver_cpus: int  # the live driver container beside the head
+    driver_memory_mb: int
+    streams_per_cpu_worker: int
+    cpu_workers: tuple[int, int, int]  # (min, replicas, max)
+    gpu_workers: tuple[int, int, int]
+    gpus_per_worker: int
+    idle_timeout_s: int  # the autoscaler removes a worker idle this long
+    job_ttl_s: int  # a finished RayJob's cluster is deleted after this
+    job_backoff_limit: int  # retries of a failed batch job; a re-run skips finished inputs
+
+
+OVERLAYS: dict[str, Overlay] = {
+    # A laptop cluster (kind, minikube): one small worker, scale to zero when idle.
+    "dev": Overlay("dev", head_cpus=1, head_memory_mb=3072, driver_cpus=1, driver_memory_mb=2048,
+                   streams_per_cpu_worker=2, cpu_workers=(0, 1, 2), gpu_workers=(0, 0, 1), gpus_per_worker=1,
+                   idle_timeout_s=60, job_ttl_s=600, job_backoff_limit=0),
+    # Production: 8-stream workers, one always up, room for 64; a head sized for many actors.
+    "prod": Overlay("prod", head_cpus=4, head_memory_mb=16384, driver_cpus=2, driver_memory_mb=8192,
+                    streams_per_cpu_worker=8, cpu_workers=(1, 2, 64), gpu_workers=(0, 0, 8), gpus_per_worker=1,
+                    idle_timeout_s=300, job_ttl_s=3600, job_backoff_limit=2),
+}
+
+
+def ray_version() -> str:
+    """The installed Ray: the image pins the same (k8s/Dockerfile ``RAY_VERSION``; a test checks)."""
+    return metadata.version("ray")
+
+
+# -- resources --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResourcePlan:
+    """Per-stream demands and the worker sizes derived from them (see the module docstring)."""
+
+    cpu_per_stream: float
+    memory_mb_per_stream: float
+    streams_per_cpu_worker: int
+    cpu_worker_num_cpus: int
+    cpu_worker_memory_mb: int
+    cpu_worker_object_store_mb: int
+    gpu_steps: tuple[str, ...] = ()
+    gpu_per_stream: float = 0.0
+    gpu_cpu_per_stream: float = 0.0
+    gpu_memory_mb_per_stream: float = 0.0
+    streams_per_gpu_worker: int = 0
+    gpu_worker_num_gpus: int = 0
+    gpu_worker_num_cpus: int = 0
+    gpu_worker_memory_mb: int = 0
+    gpu_worker_object_store_mb: int = 0
+
+
+def _ceil(x: float) -> int:
+    return math.ceil(x - 1e-9)  # 8 × 0.1 must stay 1, not become 2 through rounding
+
+
+def _round_mb(mb: float) -> int:
+    return 256 * _ceil(mb / 256)  # whole quarter-GiB steps read better in a manifest
+
+
+def _object_store_mb(streams: int) -> int:
+    return max(OBJECT_STORE_MIN_MB, streams * OBJECT_STORE_MB_PER_STREAM)
+
+
+def _source_resources() -> dict[str, float]:
+    # When the sources declare their resources as stages do, those win over the constant here.
+    from streamzip.sources.file import FileSource
+
+    return dict(getattr(FileSource, "resources", SOURCE_RESOURCES))
+
+
+def plan_resources(pipeline: Pipeline, overlay: Overlay, *, streams_per_worker: int | None = None,
+                   gpus_per_worker: int | None = None) -> ResourcePlan:
+    """Per-stream demands from ``pipeline.resources()`` and the worker sizes that hold them."""
+    per_step = pipeline.resources()
+    gpu_steps = tuple(sid for sid, r in per_step.items() if r.get("num_gpus", 0.0) > 0)
+    cpu_actors = [_source_resources()] + [r for sid, r in per_step.items() if sid not in gpu_steps]
+    gpu_actors = [per_step[sid] for sid in gpu_steps]
+
+    def total(actors: list[dict[str, float]], key: str) -> float:
+        if key == "memory_mb":
+            return sum(a.get("memory_mb", ACTOR_MEMORY_MB) for a in actors)
+        return sum(a.get(key, 0.0) for a in actors)
+
+    s = streams_per_worker or overlay.streams_per_cpu_worker
+    if s < 1:
+        raise ConfigError([Problem("--streams-per-worker", f"must be >= 1, got {s}")])
+    cpu = total(cpu_actors, "num_cpus")
+    mem = total(cpu_actors, "memory_mb")
+    store = _object_store_mb(s)
+    plan = ResourcePlan(
+        cpu_per_stream=cpu, memory_mb_per_stream=mem, streams_per_cpu_worker=s,
+        cpu_worker_num_cpus=max(1, _ceil(s * cpu)),
+        cpu_worker_memory_mb=_round_mb(s * mem + store + RAY_NODE_OVERHEAD_MB),
+        cpu_worker_object_store_mb=store,
+    )
+    if not gpu_steps:
+        return plan
+    g = gpus_per_worker or overlay.gpus_per_worker
+    gpu = total(gpu_actors, "num_gpus")
+    if gpu > g:
+        raise ConfigError([Problem("steps", f"steps {', '.join(gpu_steps)} ask {gpu:g} GPUs per stream, more than a "
+                                            f"GPU worker has ({g}); lower their resources.num_gpus or pass "
+                                            f"--gpus-per-worker {_ceil(gpu)}")])
+    streams = int(g / gpu + 1e-9)
+    gpu_cpu = total(gpu_actors, "num_cpus")
+    gpu_mem = total(gpu_actors, "memory_mb")
+    gstore = _object_store_mb(streams)
+    return replace(
+        plan, gpu_steps=gpu_steps, gpu_per_stream=gpu, gpu_cpu_per_stream=gpu_cpu, gpu_memory_mb_per_stream=gpu_mem,
+        streams_per_gpu_worker=streams, gpu_worker_num_gpus=g, gpu_worker_num_cpus=max(1, _ceil(streams * gpu_cpu)),
+        gpu_worker_memory_mb=_round_mb(streams * gpu_mem + gstore + RAY_NODE_OVERHEAD_MB),
+        gpu_worker_object_store_mb=gstore,
+    )
+
+
+# -- commands the pods run --------------------------------------------------------------------------
+def _validate_argv() -> list[str]:
+    return ["streamzip", "validate", PIPELINE_PATH]
+
+
+def batch_argv(inputs: Sequence[str], output: str) -> list[str]:
+    """The batch command the RayJob runs on the head (as a Ray job driver)."""
+    return ["streamzip", "batch", *inputs, "--pipeline", PIPELINE_PATH, "--output", output, "--address", "auto"]
+
+
+def live_argv(urls: Sequence[str]) -> list[str]:
+    """The live driver's command (credentials come from the environment, never the URLs)."""
+    return ["streamzip", "live", *urls, "--pipeline", PIPELINE_PATH, "--serve", f"0.0.0.0:{LIVE_PORT}",
+            "--address", "auto"]
+
+
+def entrypoint_script(run: Sequence[str], *, wait_for_ray: bool = False) -> str:
+    """A POSIX shell script: validate the mounted pipeline, then (only if valid) ``exec`` ``run``.
+
+    ``wait_for_ray`` first waits for the Ray head of this pod (the live driver starts with it)."""
+    wait = "until ray health-check --address 127.0.0.1:6379 >/dev/null 2>&1; do sleep 2; done; " if wait_for_ray \
+        else ""
+    return f"{wait}{shlex.join(_validate_argv())} && exec {shlex.join(run)}"
+
+
+# -- manifest pieces --------------------------------------------------------------------------------
+def _labels(name: str, component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "streamzip", "app.kubernetes.io/instance": name,
+            "app.kubernetes.io/component": component, "app.kubernetes.io/version": __version__,
+            "app.kubernetes.io/managed-by": "streamzip-k8s-render"}
+
+
+def _quantity_mb(mb: int) -> str:
+    return f"{mb // 1024}Gi" if mb % 1024 == 0 else f"{mb}Mi"
+
+
+def _resources(cpus: int, memory_mb: int, gpus: int = 0) -> dict[str, Any]:
+    # requests == limits: the pod is Guaranteed, and Ray's view of the node equals Kubernetes'.
+    res: dict[str, Any] = {"cpu": str(cpus), "memory": _quantity_mb(memory_mb)}
+    if gpus:
+        res["nvidia.com/gpu"] = str(gpus)
+    return {"requests": dict(res), "limits": dict(res)}
+
+
+def _mounts(data: bool) -> list[dict[str, Any]]:
+    mounts = [{"name": "pipeline", "mountPath": CONFIG_DIR, "readOnly": True},
+              {"name": "dshm", "mountPath": "/dev/shm"},  # the object store: 64 MiB by default is too small
+              {"name": "ray-tmp", "mountPath": "/tmp/ray"}]
+    if data:
+        mounts.append({"name": "data", "mountPath": DATA_DIR})
+    return mounts
+
+
+def _volumes(configmap: str, object_store_mb: int, data_pvc: str | None) -> list[dict[str, Any]]:
+    vols: list[dict[str, Any]] = [
+        {"name": "pipeline", "configMap": {"name": configmap, "items": [{"key": PIPELINE_FILE, "path": PIPELINE_FILE}]}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _quantity_mb(object_store_mb)}},
+        {"name": "ray-tmp", "emptyDir": {}},
+    ]
+    if data_pvc:
+        vols.append({"name": "data", "persistentVolumeClaim": {"claimName": data_pvc}})
+    return vols
+
+
+_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _ray_container(name: str, image: str, pull: str, resources: dict[str, Any], *, data: bool,
+                   storage_secret: str | None, ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    c: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": pull}
+    if ports:
+        c["ports"] = ports
+    if storage_secret:  # object-storage credentials (AWS_ACCESS_KEY_ID…) as a reference, never values
+        c["envFrom"] = [{"secretRef": {"name": storage_secret}}]
+    c.update({"resources": resources, "volumeMounts": _mounts(data),
+              "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "ray stop"]}}},
+              "securityContext": dict(_SECURITY)})
+    return c
+
+
+def _pod_template(component: str, name: str, pipeline_sha: str, containers: list[dict[str, Any]],
+                  volumes: list[dict[str, Any]], *, gpu: bool = False) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": 100, "fsGroup": 100},
+        "containers": containers, "volumes": volumes,
+    }
+    if gpu:
+        spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    return {"metadata": {"labels": _labels(name, component),
+                         # a changed pipeline changes the template, so `upgradeStrategy: Recreate` rolls the pods
+                         "annotations": {"streamzip.io/pipeline-sha256": pipeline_sha}},
+            "spec": spec}
+
+
+def _cluster_spec(pipeline: Pipeline, ov: Overlay, plan: ResourcePlan, *, name: str, configmap: str, image: str,
+                  pull: str, data_pvc: str | None, storage_secret: str | None,
+                  driver: dict[str, Any] | None) -> dict[str, Any]:
+    sha = hashlib.sha256(pipeline.to_yaml().encode()).hexdigest()
+    data = data_pvc is not None
+    head_store = OBJECT_STORE_MIN_MB
+    head_containers = [_ray_container(
+        "ray-head", image, pull, _resources(ov.head_cpus, ov.head_memory_mb), data=data, storage_secret=storage_secret,
+        ports=[{"containerPort": 6379, "name": "gcs-server"}, {"containerPort": 8265, "name": "dashboard"},
+               {"containerPort": 10001, "name": "client"}, {"containerPort": 8080, "name": "metrics"}])]
+    if driver is not None:
+        head_containers.append(driver)
+    spec: dict[str, Any] = {
+        "rayVersion": ray_version(),
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {"upscalingMode": "Default", "idleTimeoutSeconds": ov.idle_timeout_s,
+                              "resources": _resources(1, 1024)},
+        "headGroupSpec": {
+            # num-cpus 0: the head runs GCS, the dashboard and drivers, never a stage actor.
+            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0", "metrics-export-port": "8080",
+                               "object-store-memory": str(head_store * 2**20)},
+            "template": _pod_template("head", name, sha, head_containers,
+                                      _volumes(configmap, head_store, data_pvc)),
+        },
+    }
+    lo, n, hi = ov.cpu_workers
+    groups = [{
+        "groupName": "cpu-workers", "replicas": n, "minReplicas": lo, "maxReplicas": hi,
+        "rayStartParams": {"num-cpus": str(plan.cpu_worker_num_cpus),
+                           "object-store-memory": str(plan.cpu_worker_object_store_mb * 2**20),
+                           "metrics-export-port": "8080"},
+        "template": _pod_template("cpu-worker", name, sha, [_ray_container(
+            "ray-worker", image, pull, _resources(plan.cpu_worker_num_cpus, plan.cpu_worker_memory_mb),
+            data=data, storage_secret=storage_secret)],
+            _volumes(configmap, plan.cpu_worker_object_store_mb, data_pvc)),
+    }]
+    if plan.gpu_steps:
+        lo, n, hi = ov.gpu_workers
+        groups.append({
+            "groupName": "gpu-workers", "replicas": n, "minReplicas": lo, "maxReplicas": hi,
+            "rayStartParams": {"num-cpus": str(plan.gpu_worker_num_cpus), "num-gpus": str(plan.gpu_worker_num_gpus),
+                               "object-store-memory": str(plan.gpu_worker_object_store_mb * 2**20),
+                               "metrics-export-port": "8080"},
+            "template": _pod_template("gpu-worker", name, sha, [_ray_container(
+                "ray-worker", image, pull,
+                _resources(plan.gpu_worker_num_cpus, plan.gpu_worker_memory_mb, plan.gpu_worker_num_gpus),
+                data=data, storage_secret=storage_secret)],
+                _volumes(configmap, plan.gpu_worker_object_store_mb, data_pvc), gpu=True),
+        })
+    spec["workerGroupSpecs"] = groups
+    return spec
+
+
+def _live_driver(urls: Sequence[str], ov: Overlay, image: str, pull: str, secret: str) -> dict[str, Any]:
+    env = [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}}
+           for var, key, optional in SECRET_ENV]
+    return {"name": "streamzip-live", "image": image, "imagePullPolicy": pull,
+            "command": ["sh", "-c", entrypoint_script(live_argv(urls), wait_for_ray=True)],
+            "env": env,
+            "ports": [{"containerPort": LIVE_PORT, "name": "live"}],
+            "readinessProbe": {"tcpSocket": {"port": "live"}, "periodSeconds": 10},
+            "resources": _resources(ov.driver_cpus, ov.driver_memory_mb),
+            # /tmp/ray (sockets, session) and /dev/shm (object store) of the head: the driver joins its node
+            "volumeMounts": [{"name": "pipeline", "mountPath": CONFIG_DIR, "readOnly": True},
+                             {"name": "dshm", "mountPath": "/dev/shm"},
+                             {"name": "ray-tmp", "mountPath": "/tmp/ray"}],
+            "securityContext": dict(_SECURITY)}
+
+
+def _meta(name: str, instance: str, component: str, namespace: str | None, pipeline: Pipeline) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    meta["labels"] = _labels(instance, component)
+    meta["annotations"] = {"streamzip.io/pipeline": pipeline.name}
+    return meta
+
+
+def _check_options(kind: str, overlay: str, name: str, urls: Sequence[str], inputs: Sequence[str],
+                   output: str | None, data_pvc: str | None) -> list[Problem]:
+    problems = []
+    if kind not in KINDS:
+        problems.append(Problem("--kind", f"must be one of {', '.join(KINDS)}, got {kind!r}"))
+    if overlay not in OVERLAYS:
+        problems.append(Problem("--overlay", f"must be one of {', '.join(OVERLAYS)}, got {overlay!r}"))
+    if not _NAME.match(name):
+        problems.append(Problem("--name", f"{name!r} is not a valid name: lower-case letters, digits and '-', "
+                                          "starting with a letter, at most 40 characters (pods add suffixes)"))
+    for opt, values in (("--url", urls), ("--input", inputs), ("--output", [output] if output else [])):
+        for v in values:
+            if redact(v) != v:
+                problems.append(Problem(opt, f"{redact(v)!r} carries credentials; manifests must not. Put them in "
+                                             f"the Secret (keys rtsp-username, rtsp-password) and pass the URL "
+                                             f"without user:password@"))
+    if kind == "cluster" and not urls:
+        problems.append(Problem("--url", "the live cluster needs at least one camera URL (repeat --url)"))
+    if kind == "job":
+        if not inputs:
+            problems.append(Problem("--input", "the batch job needs at least one input (repeat --input; a folder, "
+                                               "a file, or an object-storage URI such as s3://bucket/videos/)"))
+        if not output:
+            problems.append(Problem("--output", "the batch job needs an output location (a folder or s3://…)"))
+    if data_pvc is None:
+        for v in [*inputs, *([output] if output else [])]:
+            if v == DATA_DIR or v.startswith(DATA_DIR + "/"):
+                problems.append(Problem("--data-pvc", f"{v!r} is under {DATA_DIR}, which only exists when a "
+                                                      "PersistentVolumeClaim is mounted there; pass --data-pvc NAME"))
+                break
+    return problems
+
+
+def render(pipeline: Pipeline, *, kind: str = "cluster", overlay: str = "dev", name: str | None = None,
+           namespace: str | None = None, image: str | None = None, urls: Sequence[str] = (),
+           inputs: Sequence[str] = (), output: str | None = None, data_pvc: str | None = None,
+           storage_secret: str | None = None, secret: str = SECRET_NAME, streams_per_worker: int | None = None,
+           gpus_per_worker: int | None = None) -> list[dict[str, Any]]:
+    """The manifests, in apply order: ConfigMap, RayCluster, Service (``cluster``) or ConfigMap, RayJob (``job``).
+
+    Raises :class:`ConfigError` listing every problem (the pipeline's and the options') at once."""
+    name = name or ("streamzip-live" if kind == "cluster" else "streamzip-batch")
+    problems = _check_options(kind, overlay, name, urls, inputs, output, data_pvc)
+    problems += pipeline.problems()
+    if problems:
+        raise ConfigError(problems)
+    ov = OVERLAYS[overlay]
+    plan = plan_resources(pipeline, ov, streams_per_worker=streams_per_worker, gpus_per_worker=gpus_per_worker)
+    image = image or f"streamzip:{__version__}"
+    pull = "Always" if image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1] else "IfNotPresent"
+    configmap = f"{name}-pipeline"
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(configmap, name, "pipeline", namespace, pipeline),
+          "data": {PIPELINE_FILE: pipeline.to_yaml()}}
+    if kind == "cluster":
+        driver = _live_driver(urls, ov, image, pull, secret)
+        spec = _cluster_spec(pipeline, ov, plan, name=name, configmap=configmap, image=image, pull=pull,
+                             data_pvc=data_pvc, storage_secret=storage_secret, driver=driver)
+        # Re-applying with a new image or pipeline recreates the pods (KubeRay >= 1.6); live streams see a gap.
+        spec = {"upgradeStrategy": {"type": "Recreate"}, **spec}
+        cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": _meta(name, name, "live", namespace, pipeline),
+                   "spec": spec}
+        svc = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(f"{name}-endpoint", name, "endpoint",
+                                                                         namespace, pipeline),
+               "spec": {"type": "ClusterIP",
+                        "selector": {"ray.io/cluster": name, "ray.io/node-type": "head"},
+                        "ports": [{"name": "live", "port": LIVE_PORT, "targetPort": "live", "protocol": "TCP"}]}}
+        return [cm, cluster, svc]
+    assert output is not None
+    spec = _cluster_spec(pipeline, ov, plan, name=name, configmap=configmap, image=image, pull=pull,
+                         data_pvc=data_pvc, storage_secret=storage_secret, driver=None)
+    # KubeRay joins the entrypoint into `bash -c "… ray job submit -- ENTRYPOINT"` and Ray re-quotes the
+    # words, so the head runs exactly the words of this string: one `sh -c SCRIPT`.
+    job = {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": _meta(name, name, "batch", namespace, pipeline),
+           "spec": {"entrypoint": shlex.join(["sh", "-c", entrypoint_script(batch_argv(inputs, output))]),
+                    "submissionMode": "K8sJobMode",
+                    "shutdownAfterJobFinishes": True,
+                    "ttlSecondsAfterFinished": ov.job_ttl_s,
+                    "backoffLimit": ov.job_backoff_limit,
+                    "rayClusterSpec": spec}}
+    return [cm, job]
+
+
+# -- YAML -------------------------------------------------------------------------------------------
+class _Dumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # no &id001 anchors: every manifest reads on its own
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None  # the pipeline YAML stays readable inside the ConfigMap
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump(manifests: Sequence[Mapping[str, Any]], *, header: str = "") -> str:
+    """Multi-document YAML, in order, with ``header`` as leading comment lines."""
+    docs = [yaml.dump(m, Dumper=_Dumper, sort_keys=False, width=1000) for m in manifests]
+    head = "".join(f"# {line}\n".replace("# \n", "#\n") for line in header.splitlines())
+    return head + "---\n" + "---\n".join(docs)
+
+
+def _command_line(pipeline: str, options: Mapping[str, Any]) -> str:
+    """The ``streamzip k8s render`` command that gives these options."""
+    flags = {"urls": "--url", "inputs": "--input"}
+    words = ["streamzip", "k8s", "render", pipeline]
+    for key, value in options.items():
+        if value is None or value == () or value == []:
+            continue
+        flag = flags.get(key, "--" + key.replace("_", "-"))
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            words += [flag, str(v)]
+    return shlex.join(words)
+
+
+def _gpu_example() -> Pipeline:
+    """The built-in default pipeline with its encoders on GPUs, four streams per GPU."""
+    from streamzip.registry import get as get_stage
+
+    pipe = load_pipeline("default")
+    for step in pipe.steps:
+        if get_stage(step.op).cls.produces:
+            step.resources = {**step.resources, "num_gpus": 0.25}
+    return pipe
+
+
+#: the checked-in manifests: (file under k8s/rendered, pipeline, options, how the pipeline was made).
+_DEFAULTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("dev/cluster.yaml", "default", {"kind": "cluster", "overlay": "dev", "urls": [EXAMPLE_URL]}),
+    ("dev/job.yaml", "default", {"kind": "job", "overlay": "dev", "inputs": ["/data/in"], "output": "/data/out",
+                                 "data_pvc": "streamzip-data"}),
+    ("prod/cluster.yaml", "default", {"kind": "cluster", "overlay": "prod", "urls": [EXAMPLE_URL]}),
+    ("prod/job.yaml", "default", {"kind": "job", "overlay": "prod", "inputs": ["s3://my-bucket/videos/"],
+                                  "output": "s3://my-bucket/tokens/", "storage_secret": "streamzip-storage"}),
+    ("prod/cluster-gpu.yaml", "gpu", {"kind": "cluster", "overlay": "prod", "urls": [EXAMPLE_URL]}),
+]
+
+
+def default_manifests() -> dict[str, str]:
+    """The text of every checked-in manifest under ``k8s/rendered/``, by relative path."""
+    out = {}
+    for path, source, options in _DEFAULTS:
+        if source == "gpu":
+            pipe = _gpu_example()
+            how = ("Generated by `streamzip k8s defaults` from the built-in `default` pipeline with\n"
+                   "`resources: {num_gpus: 0.25}` on its encoder step (four streams per GPU).")
+        else:
+            pipe = load_pipeline(source)
+            how = f"Generated by `streamzip k8s defaults`; the same as:\n  {_command_line(source, options)}"
+        header = (f"{how}\nRe-render instead of editing: the worker sizes follow from the pipeline (docs/deploy.md).\n"
+                  f"Needs the Secret `{SECRET_NAME}` (live) and the KubeRay operator >= 1.6.")
+        out[path] = dump(render(pipe, **options), header=header)
+    return out
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+def _cmd_render(args: argparse.Namespace) -> int:
+    pipeline = load_pipeline(args.pipeline)
+    options: dict[str, Any] = {
+        "kind": args.kind, "overlay": args.overlay, "name": args.name, "namespace": args.namespace,
+        "image": args.image, "urls": args.url or [], "inputs": args.input or [], "output": args.output,
+        "data_pvc": args.data_pvc, "storage_secret": args.storage_secret, "secret": args.secret,
+        "streams_per_worker": args.streams_per_worker, "gpus_per_worker": args.gpus_per_worker}
+    manifests = render(pipeline, **options)
+    if options["secret"] == SECRET_NAME:
+        del options["secret"]
+    text = dump(manifests, header=f"Generated by:\n  {redact(_command_line(args.pipeline, options))}")
+    if args.out and args.out != "-":
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out} ({', '.join(m['kind'] for m in manifests)})", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_defaults(args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    stale = []
+    for rel, text in default_manifests().items():
+        path = root / rel
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        stale.append(rel)
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    if args.check and stale:
+        print(f"out of date under {root}: {', '.join(stale)}; run `streamzip k8s defaults {root}`", file=sys.stderr)
+        return 1
+    print(f"{len(stale)} file(s) {'rewritten' if stale else 'already current'} under {root}", file=sys.stderr)
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register ``k8s render`` and ``k8s defaults`` on the ``streamzip`` CLI's subparsers."""
+    k = subparsers.add_parser("k8s", help="Kubernetes (KubeRay) manifests for a pipeline")
+    ks = k.add_subparsers(dest="k8s_command", required=True)
+    r = ks.add_parser("render", help="print the manifests for a pipeline (docs/deploy.md)")
+    r.add_argument("pipeline", help="a pipeline YAML file, or a built-in pipeline name (e.g. default)")
+    r.add_argument("--kind", choices=KINDS, default="cluster",
+                   help="cluster: live RayCluster + driver + Service; job: batch RayJob")
+    r.add_argument("--overlay", choices=sorted(OVERLAYS), default="dev", help="environment sizes and bounds")
+    r.add_argument("--name", help="resource name (default streamzip-live / streamzip-batch)")
+    r.add_argument("--namespace", help="namespace to write into the manifests (default: none, use kubectl -n)")
+    r.add_argument("--image", help=f"container image (default streamzip:{__version__}, built from k8s/Dockerfile)")
+    r.add_argument("--url", action="append", help="a camera URL for the live driver, without credentials (repeat)")
+    r.add_argument("--input", action="append", help="a batch input: file, folder or s3://… URI (repeat)")
+    r.add_argument("--output", help="the batch output folder or URI")
+    r.add_argument("--data-pvc", help=f"a PersistentVolumeClaim mounted at {DATA_DIR} in every pod")
+    r.add_argument("--storage-secret", help="a Secret whose keys become the environment of the Ray pods "
+                                            "(e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+    r.add_argument("--secret", default=SECRET_NAME, help="the Secret with rtsp-username, rtsp-password, live-token")
+    r.add_argument("--streams-per-worker", type=int, help="streams a CPU worker holds (sizes the worker pod)")
+    r.add_argument("--gpus-per-worker", type=int, help="GPUs of a GPU worker")
+    r.add_argument("-o", "--out", help="write to this file instead of standard output")
+    r.set_defaults(func=_cmd_render)
+    d = ks.add_parser("defaults", help="rewrite the checked-in manifests under k8s/rendered")
+    d.add_argument("dir", nargs="?", default="k8s/rendered")
+    d.add_argument("--check", action="store_true", help="only report files that are out of date (exit 1)")
+    d.set_defaults(func=_cmd_defaults)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m streamzip.k8s render …``: the same as ``streamzip k8s render …``."""
+    parser = argparse.ArgumentParser(prog="python -m streamzip.k8s", description=__doc__.splitlines()[0])
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "k8s":  # accept the CLI's spelling too
+        argv = argv[1:]
+    args = parser.parse_args(["k8s", *argv])
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"error: {redact(str(err))}", file=sys.stderr)
+        return 2
+    except StreamzipError as err:
+        print(f"error: {redact(str(err))}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

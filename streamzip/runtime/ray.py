@@ -1,0 +1,392 @@
+"""The Ray runtime: every stage of a stream is a Ray actor; the only module that imports Ray.
+
+The driver decodes (in a prefetch thread) and sends each source packet down the chain of stage
+actors as one call per stage, each call taking the previous call's result by reference, so packets
+flow actor to actor through the object store without passing the driver. Calls from one caller to
+one actor run in submission order, which keeps every stage's input in stream order.
+
+- **Backpressure**: at most ``max_inflight`` packets are between the source and the last stage; a
+  file source then waits (nothing is lost).
+- **Snapshots**: every ``snapshot_every`` packets the driver queues a ``snapshot`` call on every actor
+  right behind that packet, which gives a consistent cut of the whole chain at that packet without
+  stopping the flow. The source packets after the last complete cut are kept for replay.
+- **Faults**: when a call fails because an actor died, Ray restarts the actor (``max_restarts``); the
+  driver waits for the chain to settle, restores *every* actor from the last complete cut, replays the
+  kept packets and drops the outputs it had already passed on. Stages are deterministic, so the run
+  ends with the same tokens as an undisturbed one: no window missing, none duplicated.
+- ``ray.init()`` with no address starts Ray embedded on this machine, listening on loopback only;
+  ``address`` joins a running cluster (KubeRay).
+
+The per-stage semantics are those of :class:`~streamzip.runtime.local.StageRunner`: this module only
+moves packets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import ray
+import ray.exceptions
+
+from streamzip._prefetch import prefetch
+from streamzip.errors import BackendError, StreamzipError
+from streamzip.packets import Packet
+from streamzip.runtime.local import StageRunner, count_output
+from streamzip.sources._names import stream_name
+from streamzip.sources.file import FileSource
+from streamzip.stats import InputResult, StageStats
+
+if TYPE_CHECKING:
+    from streamzip.pipeline import Pipeline
+
+__all__ = ["RayRuntime", "init_ray", "quiet_ray_logs"]
+
+_DEATH = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+
+def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail fast with a clear error when nothing listens at ``host:port`` (Ray itself retries for
+    minutes before giving up)."""
+    if address == "auto" or address.startswith("local"):
+        return
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise BackendError(f"cannot read the Ray address {address!r}", stage="runtime",
+                           fix="give host:port (GCS, e.g. head:6379), ray://host:10001, or 'auto'")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise BackendError(f"no Ray cluster at {address!r} ({err.strerror or err})", stage="runtime",
+                           fix="start the cluster (ray start --head) or correct --address; "
+                               "leave --address out to run Ray embedded on this machine") from err
+
+
+class _QuietRay(logging.Filter):
+    """Drop Ray's start-up chatter from the user's terminal (it stays in Ray's own log files)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("Token authentication is enabled") or "Starting execution of Dataset" in msg
+                    or "Execution plan of Dataset" in msg or "Progress bars disabled" in msg
+                    or "execution finished in" in msg)
+
+
+def quiet_ray_logs() -> None:
+    """Attach :class:`_QuietRay` to the handlers Ray installed on its loggers."""
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _QuietRay) for f in handler.filters):
+                handler.addFilter(_QuietRay())
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Start embedded Ray (loopback only) or join the cluster at ``address``; no-op if running."""
+    if ray.is_initialized():
+        return
+    quiet_ray_logs()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        _check_reachable(address)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level="warning")
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="warning",
+                     _node_ip_address="127.0.0.1")
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as err:
+        where = f"at {address!r}" if address else "embedded on this machine"
+        fix = ("check the address (ray://host:10001 or host:6379, or 'auto' on a cluster node) and that "
+               "the cluster is up" if address else "check free memory and /tmp space, or join a cluster with --address")
+        raise BackendError(f"cannot start or reach Ray {where}: {err}", stage="runtime", fix=fix) from err
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class StageActor:
+    """One stage of one stream. ``push`` takes and returns lists of packets (a batch edge)."""
+
+    def __init__(self, spec: dict[str, Any], fns: dict[int, Any], index: int) -> None:
+        self.spec, self.fns, self.index = spec, fns, index
+        self.runner: StageRunner | None = None
+        self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+        self._metrics: dict[str, Any] | None = None
+
+    def _metric(self) -> dict[str, Any]:
+        if self._metrics is None:
+            from ray.util import metrics
+
+            keys = ("stage", "stream")
+            self._metrics = {
+                "packets": metrics.Counter("streamzip_stage_packets", "packets a stage took", tag_keys=keys),
+                "tokens_in": metrics.Counter("streamzip_stage_tokens_in", "tokens into a stage", tag_keys=keys),
+                "tokens_out": metrics.Counter("streamzip_stage_tokens_out", "tokens out of a stage", tag_keys=keys),
+                "frames": metrics.Counter("streamzip_stage_frames", "video frames into a stage", tag_keys=keys),
+                "restarts": metrics.Counter("streamzip_stage_restarts", "actor restarts", tag_keys=keys),
+            }
+        return self._metrics
+
+    def reset(self, stream: str, input_name: str) -> bool:
+        """Fresh state for a new stream; returns whether this actor process is a restart."""
+        from streamzip.pipeline import Pipeline
+
+        pipe = Pipeline.from_dict(self.spec)
+        for i, fn in self.fns.items():
+            pipe.steps[i].fn = fn
+        stage = pipe.build_step(self.index, stream)
+        self.runner = StageRunner([stage], InputResult(input=input_name, stream=stream))
+        if self.restarted:
+            self._metric()["restarts"].inc(tags={"stage": stage.step_id, "stream": stream})
+        return self.restarted
+
+    def push(self, packets: list[Packet]) -> list[Packet]:
+        assert self.runner is not None, "reset() first"
+        st = self.runner.stats[0]
+        before = (st.packets_in, st.tokens_in, st.tokens_out, st.frames_in)
+        out = [o for p in packets for o in self.runner.push(p)]
+        m, tags = self._metric(), {"stage": st.step_id, "stream": self.runner.result.stream}
+        for name, b, a in zip(("packets", "tokens_in", "tokens_out", "frames"), before,
+                              (st.packets_in, st.tokens_in, st.tokens_out, st.frames_in)):
+            if a > b:
+                m[name].inc(a - b, tags=tags)
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        assert self.runner is not None
+        return {"stage": self.runner.stages[0].snapshot(), "stats": self.runner.stats[0].to_dict()}
+
+    def restore(self, snap: dict[str, Any] | None, stream: str, input_name: str) -> None:
+        self.reset(stream, input_name)
+        if snap is not None:
+            assert self.runner is not None
+            self.runner.stages[0].restore(snap["stage"])
+            for k, v in snap["stats"].items():
+                setattr(self.runner.stats[0], k, v)
+
+    def stats(self) -> dict[str, Any]:
+        assert self.runner is not None
+        return self.runner.stats[0].to_dict()
+
+    def ping(self) -> bool:
+        return True
+
+
+class RayRuntime:
+    """Runs each stage of a stream as a Ray actor.
+
+    Args:
+        address: a Ray cluster to join; None starts Ray embedded on this machine.
+        progress: called after each source packet with the input's :class:`InputResult` so far.
+        max_inflight: source packets allowed between the source and the last stage (backpressure).
+        snapshot_every: packets between consistent snapshots of the chain (the replay window).
+        restart_timeout_s: how long to wait for a dead actor to come back before giving up.
+        on_packet: test hook, called with (sequence number, actors) after each packet is submitted.
+    """
+
+    name = "ray"
+
+    def __init__(self, *, address: str | None = None, progress: Callable[[InputResult], None] | None = None,
+                 max_inflight: int = 4, snapshot_every: int = 8, restart_timeout_s: float = 60.0,
+                 prefetch_depth: int = 4, num_cpus: int | None = None,
+                 on_packet: Callable[[int, list[Any]], None] | None = None) -> None:
+        if max_inflight < 1 or snapshot_every < 1:
+            raise ValueError("max_inflight and snapshot_every must be >= 1")
+        self.address, self.progress = address, progress
+        self.max_inflight, self.snapshot_every = max_inflight, snapshot_every
+        self.restart_timeout_s, self.prefetch_depth, self.num_cpus = restart_timeout_s, prefetch_depth, num_cpus
+        self.on_packet = on_packet
+        self.results: list[InputResult] = []
+        self._actors: list[Any] = []
+        self._spec: dict[str, Any] | None = None
+
+    # -- actors -------------------------------------------------------------------------------
+    def _actors_for(self, pipeline: Pipeline) -> list[Any]:
+        init_ray(self.address, num_cpus=self.num_cpus)
+        spec = pipeline.to_dict()
+        if self._actors and spec == self._spec:
+            return self._actors
+        self.shutdown()
+        fns = {i: s.fn for i, s in enumerate(pipeline.steps) if s.fn is not None}
+        resources = pipeline.resources()
+        actors = []
+        for i, step in enumerate(pipeline.steps):
+            res = resources[step.id]
+            opts: dict[str, Any] = {"num_cpus": res.get("num_cpus", 0.25), "name": None}
+            if res.get("num_gpus"):
+                opts["num_gpus"] = res["num_gpus"]
+            if res.get("memory_mb"):
+                opts["memory"] = int(res["memory_mb"] * 2**20)
+            opts.pop("name")
+            actors.append(StageActor.options(**opts).remote(spec, fns, i))
+        self._actors, self._spec = actors, spec
+        return actors
+
+    def shutdown(self) -> None:
+        """Kill this runtime's actors (Ray itself keeps running)."""
+        for a in self._actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self._actors, self._spec = [], None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        try:
+            if ray.is_initialized():
+                self.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, pipeline: Pipeline, inputs: Sequence[str]) -> Iterator[Packet]:
+        """Yield the final packets of every input in turn; raise on the first bad input."""
+        pipeline.validate()
+        for path in inputs:
+            result = InputResult(input=FileSource(path).name, stream=stream_name(path))
+            self.results.append(result)
+            yield from self.run_input(pipeline, path, result)
+
+    def run_input(self, pipeline: Pipeline, path: str, result: InputResult) -> Iterator[Packet]:
+        mods = pipeline.modalities()
+        source = FileSource(path, pipeline.decode, stream=result.stream,
+                            want_video="video" in mods, want_audio="audio" in mods)
+        actors = self._actors_for(pipeline)
+        chain = _Chain(self, actors, result)
+        t_start = time.perf_counter()
+        try:
+            chain.reset()
+            for packet in prefetch(lambda: source, depth=self.prefetch_depth):
+                chain.submit(packet)
+                if self.on_packet is not None:
+                    self.on_packet(chain.next_seq - 1, actors)
+                while chain.inflight_count() >= self.max_inflight:
+                    yield from chain.complete_oldest()
+                result.media_s = source.stats.duration_s
+                result.frames = source.stats.frames_sampled
+                result.corrupt_packets = source.stats.corrupt_packets
+                result.wall_s = time.perf_counter() - t_start
+                if self.progress is not None:
+                    self.progress(result)
+            while chain.inflight_count():
+                yield from chain.complete_oldest()
+            chain.collect_stats(pipeline)
+        except StreamzipError as err:
+            raise err.with_context(input=result.input)
+        finally:
+            result.wall_s = time.perf_counter() - t_start
+            result.media_s = source.stats.duration_s
+            result.audio_s = source.stats.audio_samples / pipeline.decode.sample_rate_hz
+
+
+class _Chain:
+    """The packets of one stream in flight through the actors, with snapshots and replay."""
+
+    def __init__(self, rt: RayRuntime, actors: list[Any], result: InputResult) -> None:
+        self.rt, self.actors, self.result = rt, actors, result
+        self.next_seq = 0
+        self.emitted = -1  # highest sequence number whose outputs were passed on
+        self.inflight: deque[tuple[int, Any]] = deque()
+        self.replay: deque[tuple[int, Any]] = deque()  # source packets after the committed cut
+        self.cuts: deque[tuple[int, list[Any]]] = deque()  # pending snapshot cuts (seq, refs)
+        self.committed: tuple[int, list[Any]] | None = None
+
+    def reset(self) -> None:
+        ray.get([a.reset.remote(self.result.stream, self.result.input) for a in self.actors])
+
+    def inflight_count(self) -> int:
+        return len(self.inflight)
+
+    def _send(self, seq: int, ref: Any) -> None:
+        r = ref
+        for a in self.actors:
+            r = a.push.remote(r)
+        self.inflight.append((seq, r))
+
+    def submit(self, packet: Packet) -> None:
+        seq = self.next_seq
+        self.next_seq += 1
+        ref = ray.put([packet])
+        self.replay.append((seq, ref))
+        self._send(seq, ref)
+        if (seq + 1) % self.rt.snapshot_every == 0:
+            self.cuts.append((seq, [a.snapshot.remote() for a in self.actors]))
+
+    def complete_oldest(self) -> Iterator[Packet]:
+        seq, ref = self.inflight[0]
+        try:
+            outs = ray.get(ref)
+        except _DEATH:
+            self._recover()
+            return
+        except ray.exceptions.RayTaskError as err:
+            cause = err.cause if isinstance(getattr(err, "cause", None), BaseException) else None
+            if isinstance(cause, _DEATH):
+                self._recover()
+                return
+            if isinstance(cause, StreamzipError):
+                raise cause from None
+            raise
+        self.inflight.popleft()
+        if seq > self.emitted:
+            self.emitted = seq
+            for p in outs:
+                count_output(self.result, p)
+                yield p
+        self._commit_ready_cuts()
+
+    def _commit_ready_cuts(self) -> None:
+        while self.cuts and self.cuts[0][0] <= self.emitted:
+            seq, refs = self.cuts[0]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            if len(ready) < len(refs):
+                return
+            try:
+                ray.get(refs)
+            except _DEATH:
+                self.cuts.popleft()  # a stage died taking it: the older cut stays
+                continue
+            self.cuts.popleft()
+            self.committed = (seq, refs)
+            while self.replay and self.replay[0][0] <= seq:
+                self.replay.popleft()
+
+    def _recover(self) -> None:
+        """An actor died: wait for the restart, restore every actor from the committed cut, replay."""
+        self.result.restarts += 1
+        pending = [r for _, r in self.inflight] + [r for _, refs in self.cuts for r in refs]
+        if pending:
+            ray.wait(pending, num_returns=len(pending), timeout=self.rt.restart_timeout_s)
+        deadline = time.monotonic() + self.rt.restart_timeout_s
+        for a in self.actors:
+            while True:
+                try:
+                    ray.get(a.ping.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                    break
+                except (*_DEATH, ray.exceptions.GetTimeoutError) as err:
+                    if time.monotonic() > deadline:
+                        raise BackendError(f"a stage actor did not come back after a crash ({err})",
+                                           input=self.result.input, stage="runtime",
+                                           fix="check the Ray logs for why the worker keeps dying") from err
+                    time.sleep(0.2)
+        snap_refs = self.committed[1] if self.committed is not None else [None] * len(self.actors)
+        ray.get([a.restore.remote(s, self.result.stream, self.result.input)
+                 for a, s in zip(self.actors, snap_refs)])
+        self.inflight.clear()
+        self.cuts.clear()
+        for seq, ref in list(self.replay):
+            self._send(seq, ref)
+            if (seq + 1) % self.rt.snapshot_every == 0:
+                self.cuts.append((seq, [a.snapshot.remote() for a in self.actors]))
+
+    def collect_stats(self, pipeline: Pipeline) -> None:
+        stats = ray.get([a.stats.remote() for a in self.actors])
+        self.result.stages = [StageStats(**s) for s in stats]
+        from streamzip.registry import get as get_stage
+
+        produces = [bool(get_stage(step.op).cls.produces) for step in pipeline.steps]
+        self.result.tokens_in = sum(s.tokens_out for s, p in zip(self.result.stages, produces) if p)
