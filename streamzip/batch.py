@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import os
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from streamzip.errors import InputNotFoundError, StreamzipError
 from streamzip.job import _write_errors, output_names
-from streamzip.output import is_complete, write_output
+from streamzip.output import ensure_writable, is_complete, write_output
 from streamzip.packets import Tokens
 from streamzip.pipeline import Pipeline
 from streamzip.sources._names import display_name, redact, stream_name
 from streamzip.stats import InputResult, StageStats
 
-__all__ = ["expand_inputs", "process_input", "run_batch"]
+__all__ = ["MAX_RETRIES", "expand_inputs", "process_input", "run_batch"]
+
+#: how often an input whose worker process died is tried again before it becomes an error record.
+MAX_RETRIES = 1
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[str]:
@@ -116,8 +120,7 @@ def run_batch(pipeline: Pipeline, inputs: Sequence[str], output_dir: str | os.Pa
     as inputs finish.
     """
     pipeline.validate()
-    output_dir = os.fspath(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
+    output_dir = os.fspath(ensure_writable(output_dir))
     paths = expand_inputs(inputs)
     names = output_names(paths)
     results: dict[int, InputResult] = {}
@@ -162,8 +165,12 @@ def _run_on_ray(pipeline: Pipeline, todo: list[dict[str, Any]], output_dir: str,
         out = process_input(spec, row["path"], row["name"], output_dir, parquet=parquet)
         return {"index": row["index"], "result": out}
 
-    ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
-        work, num_cpus=cpus_per_input)
+    with warnings.catch_warnings():
+        # Ray Data retries a task whose worker died forever by default; a file that crashes its
+        # decoder would stall the job. `max_retries` is still passed this way in Ray < 2.64.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
+            work, num_cpus=cpus_per_input, max_retries=MAX_RETRIES)
     for row in ds.iter_rows():
         r = _result_from(dict(row["result"]))
         results[int(row["index"])] = r

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from streamzip.errors import StreamzipError
-from streamzip.output import output_name, write_output
+from streamzip.output import ensure_writable, output_name, write_output
 from streamzip.packets import Tokens
 from streamzip.pipeline import Pipeline
 from streamzip.runtime import get_runtime
@@ -53,6 +53,8 @@ def run_job(pipeline: Pipeline, inputs: Sequence[str], output_dir: str | os.Path
     (an invalid pipeline); an input's problem is recorded in its result.
     """
     pipeline.validate()
+    if output_dir is not None:
+        ensure_writable(output_dir)
     rt = get_runtime(runtime, **(runtime_options or {}))
     results: list[InputResult] = []
     names = output_names(inputs)

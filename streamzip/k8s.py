@@ -2,29 +2,33 @@
 
 A generator rather than Kustomize base + overlays, because the size of a worker pod follows from the
 pipeline: every stage declares what one of its actors asks of Ray (:meth:`Pipeline.resources`, with
-per-step overrides), and the generator turns that into Ray's ``num-cpus``/``num-gpus`` and the pod's
-Kubernetes requests, the same numbers in both places. With Kustomize those numbers would be copied by
-hand into patches and drift from the stages. The environments are two :class:`Overlay` values (``dev``,
-``prod``); the default manifests are checked in under ``k8s/rendered/`` for users without Python
-(``streamzip k8s defaults`` rewrites them, a test keeps them current).
+per-step overrides), and the generator turns that into Ray's ``num-cpus``/``num-gpus``, the pod's
+Kubernetes requests and the batch command's ``--cpus-per-input``, the same numbers everywhere. With
+Kustomize they would be copied by hand into patches and drift from the stages. The environments are two
+:class:`Overlay` values (``dev``, ``prod``); the default manifests are checked in under ``k8s/rendered/``
+for users without Python (``streamzip k8s defaults`` rewrites them, a test keeps them current).
 
-Resource model (docs/deploy.md explains it with numbers). A *stream* is one camera (live) or one input
-being processed (batch); each stage runs one actor per stream, so per stream:
+Resource model (docs/deploy.md puts numbers on it). A *stream* is one camera (live) or one input file
+(batch), and what it asks follows the runtime that runs it:
 
-* CPU group: the source (:data:`SOURCE_RESOURCES`, the decoder) plus every step that asks no GPU:
-  ``num_cpus`` summed; memory: each actor's ``memory_mb``, or :data:`ACTOR_MEMORY_MB` when it declares none.
-* GPU group (only when some step asks ``num_gpus``): those steps, summed the same way.
+* live (``cluster``): every stage is an actor per stream (:mod:`streamzip.runtime.ray`). CPU group per
+  stream: the source (:data:`SOURCE_RESOURCES`, the decoder) plus every step that asks no GPU, ``num_cpus``
+  summed, memory summed over those actor processes (a stage's ``memory_mb``, else :data:`ACTOR_MEMORY_MB`).
+  GPU group per stream: the steps that ask ``num_gpus``, summed the same way.
+* batch (``job``): one Ray Data task per input runs the whole chain in one process
+  (:mod:`streamzip.batch`); it reserves what the stream's actors would (source + every step), passed as
+  ``--cpus-per-input``; memory: one process (:data:`ACTOR_MEMORY_MB`) plus the declared ``memory_mb``.
+  A pipeline asking GPUs runs its tasks on the GPU group only.
 
 A CPU worker holds ``S`` streams (:attr:`Overlay.streams_per_cpu_worker`): Ray ``num-cpus`` =
-``ceil(S × cpu per stream)``, which is also the container's CPU request and limit; memory = ``S × memory
-per stream`` + the object store + :data:`RAY_NODE_OVERHEAD_MB`. A GPU worker with ``g`` GPUs holds
-``floor(g / gpus per stream)`` streams of the GPU steps. An encoder shared by streams as a pool makes these
-upper bounds, never too small.
+``ceil(S × CPUs per stream)``, also the container's CPU request and limit; memory = ``S × memory per
+stream`` + the object store + :data:`RAY_NODE_OVERHEAD_MB`. A GPU worker with ``g`` GPUs holds
+``floor(g / GPUs per stream)`` streams. An encoder shared by streams as a pool makes these upper bounds.
 
 Entry points: a RayJob runs ``sh -c 'streamzip validate /config/pipeline.yaml && exec streamzip batch …'``
 so an invalid pipeline in the ConfigMap stops the job before any Ray work; the live cluster runs the
-driver ``streamzip live …`` in a container beside the Ray head (it shares ``/tmp/ray`` to join the node),
-behind a Service. Credentials only ever appear as Secret references.
+driver ``streamzip live …`` in a container beside the Ray head (it shares ``/tmp/ray`` and ``/dev/shm`` to
+join that node), behind a Service. Credentials only ever appear as Secret references.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import re
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -55,12 +59,16 @@ __all__ = [
     "PIPELINE_PATH",
     "SECRET_ENV",
     "SOURCE_RESOURCES",
+    "Demand",
+    "GroupPlan",
     "Overlay",
     "ResourcePlan",
     "add_cli",
+    "batch_argv",
     "default_manifests",
     "dump",
     "entrypoint_script",
+    "live_argv",
     "main",
     "plan_resources",
     "ray_version",
@@ -71,9 +79,13 @@ KINDS = ("cluster", "job")
 CONFIG_DIR = "/config"
 PIPELINE_FILE = "pipeline.yaml"
 PIPELINE_PATH = f"{CONFIG_DIR}/{PIPELINE_FILE}"
+#: where --data-pvc is mounted; batch inputs and outputs live under it (a ReadWriteMany volume).
 DATA_DIR = "/data"
+#: URI schemes `streamzip batch` reads and writes through fsspec/pyarrow. None yet: streamzip/batch.py
+#: walks local folders, so object storage goes through a mounted volume until it learns them.
+BATCH_URI_SCHEMES: tuple[str, ...] = ()
 LIVE_PORT = 8000
-UID = 1000  # the `ray` user of k8s/Dockerfile
+UID = 1000  # the user of k8s/Dockerfile
 #: the Secret the live driver reads, and how its keys reach the process: (env var, key, optional).
 SECRET_NAME = "streamzip-secrets"
 SECRET_ENV = (
@@ -86,14 +98,15 @@ SOURCE_RESOURCES: dict[str, float] = {"num_cpus": 0.5}
 #: memory of one actor process when its stage declares none: 315 MB private memory measured for a
 #: process that imported streamzip and torch (docs/deploy.md), plus room for its packets.
 ACTOR_MEMORY_MB = 400.0
-#: object store per stream: a few batches in flight per edge (a 8-frame 224² packet is 1.2 MB of frames,
-#: 4.8 MB of 768-d float32 patch tokens), with ~4x headroom; an estimate until benchmarks/ray.py lands.
+#: object store per stream: a few batches in flight per edge (an 8-frame 224² packet is 1.2 MB of frames,
+#: 4.8 MB of 768-d float32 patch tokens) with ~4x headroom; an estimate until a Ray benchmark measures it.
 OBJECT_STORE_MB_PER_STREAM = 128
 OBJECT_STORE_MIN_MB = 512
 #: raylet, dashboard agent, runtime-env agent and log monitor of one node (estimate).
 RAY_NODE_OVERHEAD_MB = 1024
 EXAMPLE_URL = "rtsp://camera-1.example.com:554/stream1"
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
 @dataclass(frozen=True)
@@ -133,24 +146,36 @@ def ray_version() -> str:
 
 # -- resources --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ResourcePlan:
-    """Per-stream demands and the worker sizes derived from them (see the module docstring)."""
+class Demand:
+    """What one stream (live) or one input (batch) asks of the worker group that runs it."""
 
-    cpu_per_stream: float
-    memory_mb_per_stream: float
-    streams_per_cpu_worker: int
-    cpu_worker_num_cpus: int
-    cpu_worker_memory_mb: int
-    cpu_worker_object_store_mb: int
-    gpu_steps: tuple[str, ...] = ()
-    gpu_per_stream: float = 0.0
-    gpu_cpu_per_stream: float = 0.0
-    gpu_memory_mb_per_stream: float = 0.0
-    streams_per_gpu_worker: int = 0
-    gpu_worker_num_gpus: int = 0
-    gpu_worker_num_cpus: int = 0
-    gpu_worker_memory_mb: int = 0
-    gpu_worker_object_store_mb: int = 0
+    num_cpus: float
+    num_gpus: float
+    memory_mb: float
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One worker group: the per-stream demand and the pod that holds ``streams`` of them."""
+
+    demand: Demand
+    streams: int
+    num_cpus: int
+    num_gpus: int
+    memory_mb: int
+    object_store_mb: int
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """The worker groups a pipeline needs (module docstring); ``cpu`` or ``gpu`` is None when unused."""
+
+    kind: str
+    cpu: GroupPlan | None
+    gpu: GroupPlan | None
+    gpu_steps: tuple[str, ...]
+    #: batch: what each input's task reserves (``--cpus-per-input``); None for live.
+    task: Demand | None = None
 
 
 def _ceil(x: float) -> int:
@@ -161,10 +186,6 @@ def _round_mb(mb: float) -> int:
     return 256 * _ceil(mb / 256)  # whole quarter-GiB steps read better in a manifest
 
 
-def _object_store_mb(streams: int) -> int:
-    return max(OBJECT_STORE_MIN_MB, streams * OBJECT_STORE_MB_PER_STREAM)
-
-
 def _source_resources() -> dict[str, float]:
     # When the sources declare their resources as stages do, those win over the constant here.
     from streamzip.sources.file import FileSource
@@ -172,49 +193,48 @@ def _source_resources() -> dict[str, float]:
     return dict(getattr(FileSource, "resources", SOURCE_RESOURCES))
 
 
-def plan_resources(pipeline: Pipeline, overlay: Overlay, *, streams_per_worker: int | None = None,
-                   gpus_per_worker: int | None = None) -> ResourcePlan:
-    """Per-stream demands from ``pipeline.resources()`` and the worker sizes that hold them."""
+def _group(d: Demand, streams: int, gpus: int = 0) -> GroupPlan:
+    store = max(OBJECT_STORE_MIN_MB, streams * OBJECT_STORE_MB_PER_STREAM)
+    return GroupPlan(d, streams, max(1, _ceil(streams * d.num_cpus)), gpus,
+                     _round_mb(streams * d.memory_mb + store + RAY_NODE_OVERHEAD_MB), store)
+
+
+def plan_resources(pipeline: Pipeline, overlay: Overlay, *, kind: str = "cluster",
+                   streams_per_worker: int | None = None, gpus_per_worker: int | None = None) -> ResourcePlan:
+    """The worker groups that hold ``pipeline``'s streams, from ``pipeline.resources()``."""
     per_step = pipeline.resources()
+    src = _source_resources()
     gpu_steps = tuple(sid for sid, r in per_step.items() if r.get("num_gpus", 0.0) > 0)
-    cpu_actors = [_source_resources()] + [r for sid, r in per_step.items() if sid not in gpu_steps]
-    gpu_actors = [per_step[sid] for sid in gpu_steps]
 
-    def total(actors: list[dict[str, float]], key: str) -> float:
-        if key == "memory_mb":
-            return sum(a.get("memory_mb", ACTOR_MEMORY_MB) for a in actors)
-        return sum(a.get(key, 0.0) for a in actors)
+    def total(units: Sequence[Mapping[str, float]], key: str, default: float = 0.0) -> float:
+        return sum(u.get(key, default) for u in units)
 
+    task = None
+    cpu_d: Demand | None
+    gpu_d: Demand | None
+    if kind == "job":  # one process per input runs the whole chain
+        units = [src, *per_step.values()]
+        task = Demand(total(units, "num_cpus"), total(units, "num_gpus"), ACTOR_MEMORY_MB + total(units, "memory_mb"))
+        cpu_d, gpu_d = (None, task) if gpu_steps else (task, None)
+    else:  # one actor process per stage and stream
+        cpu_units = [src, *(r for sid, r in per_step.items() if sid not in gpu_steps)]
+        cpu_d = Demand(total(cpu_units, "num_cpus"), 0.0, total(cpu_units, "memory_mb", ACTOR_MEMORY_MB))
+        gpu_units = [per_step[sid] for sid in gpu_steps]
+        gpu_d = Demand(total(gpu_units, "num_cpus"), total(gpu_units, "num_gpus"),
+                       total(gpu_units, "memory_mb", ACTOR_MEMORY_MB)) if gpu_steps else None
     s = streams_per_worker or overlay.streams_per_cpu_worker
     if s < 1:
         raise ConfigError([Problem("--streams-per-worker", f"must be >= 1, got {s}")])
-    cpu = total(cpu_actors, "num_cpus")
-    mem = total(cpu_actors, "memory_mb")
-    store = _object_store_mb(s)
-    plan = ResourcePlan(
-        cpu_per_stream=cpu, memory_mb_per_stream=mem, streams_per_cpu_worker=s,
-        cpu_worker_num_cpus=max(1, _ceil(s * cpu)),
-        cpu_worker_memory_mb=_round_mb(s * mem + store + RAY_NODE_OVERHEAD_MB),
-        cpu_worker_object_store_mb=store,
-    )
-    if not gpu_steps:
-        return plan
-    g = gpus_per_worker or overlay.gpus_per_worker
-    gpu = total(gpu_actors, "num_gpus")
-    if gpu > g:
-        raise ConfigError([Problem("steps", f"steps {', '.join(gpu_steps)} ask {gpu:g} GPUs per stream, more than a "
-                                            f"GPU worker has ({g}); lower their resources.num_gpus or pass "
-                                            f"--gpus-per-worker {_ceil(gpu)}")])
-    streams = int(g / gpu + 1e-9)
-    gpu_cpu = total(gpu_actors, "num_cpus")
-    gpu_mem = total(gpu_actors, "memory_mb")
-    gstore = _object_store_mb(streams)
-    return replace(
-        plan, gpu_steps=gpu_steps, gpu_per_stream=gpu, gpu_cpu_per_stream=gpu_cpu, gpu_memory_mb_per_stream=gpu_mem,
-        streams_per_gpu_worker=streams, gpu_worker_num_gpus=g, gpu_worker_num_cpus=max(1, _ceil(streams * gpu_cpu)),
-        gpu_worker_memory_mb=_round_mb(streams * gpu_mem + gstore + RAY_NODE_OVERHEAD_MB),
-        gpu_worker_object_store_mb=gstore,
-    )
+    gpu = None
+    if gpu_d is not None:
+        g = gpus_per_worker or overlay.gpus_per_worker
+        if gpu_d.num_gpus > g:
+            raise ConfigError([Problem("steps", f"steps {', '.join(gpu_steps)} ask {gpu_d.num_gpus:g} GPUs per "
+                                                f"stream, more than a GPU worker has ({g}); lower their "
+                                                f"resources.num_gpus or pass --gpus-per-worker "
+                                                f"{_ceil(gpu_d.num_gpus)}")])
+        gpu = _group(gpu_d, int(g / gpu_d.num_gpus + 1e-9), g)
+    return ResourcePlan(kind, _group(cpu_d, s) if cpu_d is not None else None, gpu, gpu_steps, task)
 
 
 # -- commands the pods run --------------------------------------------------------------------------
@@ -222,9 +242,10 @@ def _validate_argv() -> list[str]:
     return ["streamzip", "validate", PIPELINE_PATH]
 
 
-def batch_argv(inputs: Sequence[str], output: str) -> list[str]:
+def batch_argv(inputs: Sequence[str], output: str, cpus_per_input: float = 1.0) -> list[str]:
     """The batch command the RayJob runs on the head (as a Ray job driver)."""
-    return ["streamzip", "batch", *inputs, "--pipeline", PIPELINE_PATH, "--output", output, "--address", "auto"]
+    return ["streamzip", "batch", *inputs, "--pipeline", PIPELINE_PATH, "--output", output,
+            "--cpus-per-input", f"{cpus_per_input:g}", "--address", "auto"]
 
 
 def live_argv(urls: Sequence[str]) -> list[str]:
@@ -236,17 +257,29 @@ def live_argv(urls: Sequence[str]) -> list[str]:
 def entrypoint_script(run: Sequence[str], *, wait_for_ray: bool = False) -> str:
     """A POSIX shell script: validate the mounted pipeline, then (only if valid) ``exec`` ``run``.
 
-    ``wait_for_ray`` first waits for the Ray head of this pod (the live driver starts with it)."""
-    wait = "until ray health-check --address 127.0.0.1:6379 >/dev/null 2>&1; do sleep 2; done; " if wait_for_ray \
-        else ""
+    ``wait_for_ray`` first waits for the Ray head of this pod (the live driver starts beside it)."""
+    wait = "until ray health-check --address 127.0.0.1:6379 >/dev/null 2>&1; do sleep 2; done; " \
+        if wait_for_ray else ""
     return f"{wait}{shlex.join(_validate_argv())} && exec {shlex.join(run)}"
 
 
 # -- manifest pieces --------------------------------------------------------------------------------
-def _labels(name: str, component: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "streamzip", "app.kubernetes.io/instance": name,
+_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _labels(instance: str, component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "streamzip", "app.kubernetes.io/instance": instance,
             "app.kubernetes.io/component": component, "app.kubernetes.io/version": __version__,
             "app.kubernetes.io/managed-by": "streamzip-k8s-render"}
+
+
+def _meta(name: str, instance: str, component: str, namespace: str | None, pipeline: Pipeline) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    meta["labels"] = _labels(instance, component)
+    meta["annotations"] = {"streamzip.io/pipeline": pipeline.name}
+    return meta
 
 
 def _quantity_mb(mb: int) -> str:
@@ -262,9 +295,11 @@ def _resources(cpus: int, memory_mb: int, gpus: int = 0) -> dict[str, Any]:
 
 
 def _mounts(data: bool) -> list[dict[str, Any]]:
-    mounts = [{"name": "pipeline", "mountPath": CONFIG_DIR, "readOnly": True},
-              {"name": "dshm", "mountPath": "/dev/shm"},  # the object store: 64 MiB by default is too small
-              {"name": "ray-tmp", "mountPath": "/tmp/ray"}]
+    mounts: list[dict[str, Any]] = [
+        {"name": "pipeline", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},  # the object store; the default 64 MiB is too small
+        {"name": "ray-tmp", "mountPath": "/tmp/ray"},
+    ]
     if data:
         mounts.append({"name": "data", "mountPath": DATA_DIR})
     return mounts
@@ -281,15 +316,12 @@ def _volumes(configmap: str, object_store_mb: int, data_pvc: str | None) -> list
     return vols
 
 
-_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
-
-
 def _ray_container(name: str, image: str, pull: str, resources: dict[str, Any], *, data: bool,
                    storage_secret: str | None, ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     c: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": pull}
     if ports:
         c["ports"] = ports
-    if storage_secret:  # object-storage credentials (AWS_ACCESS_KEY_ID…) as a reference, never values
+    if storage_secret:  # storage credentials (AWS_ACCESS_KEY_ID…) by reference, never by value
         c["envFrom"] = [{"secretRef": {"name": storage_secret}}]
     c.update({"resources": resources, "volumeMounts": _mounts(data),
               "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "ray stop"]}}},
@@ -311,57 +343,53 @@ def _pod_template(component: str, name: str, pipeline_sha: str, containers: list
             "spec": spec}
 
 
+def _worker_group(group: str, bounds: tuple[int, int, int], plan: GroupPlan, *, name: str, sha: str,
+                  configmap: str, image: str, pull: str, data_pvc: str | None,
+                  storage_secret: str | None) -> dict[str, Any]:
+    lo, n, hi = bounds
+    params = {"num-cpus": str(plan.num_cpus)}
+    if plan.num_gpus:
+        params["num-gpus"] = str(plan.num_gpus)
+    params.update({"object-store-memory": str(plan.object_store_mb * 2**20), "metrics-export-port": "8080"})
+    container = _ray_container("ray-worker", image, pull, _resources(plan.num_cpus, plan.memory_mb, plan.num_gpus),
+                               data=data_pvc is not None, storage_secret=storage_secret)
+    return {"groupName": group, "replicas": n, "minReplicas": lo, "maxReplicas": hi, "rayStartParams": params,
+            "template": _pod_template(group.removesuffix("s"), name, sha, [container],
+                                      _volumes(configmap, plan.object_store_mb, data_pvc), gpu=bool(plan.num_gpus))}
+
+
 def _cluster_spec(pipeline: Pipeline, ov: Overlay, plan: ResourcePlan, *, name: str, configmap: str, image: str,
                   pull: str, data_pvc: str | None, storage_secret: str | None,
                   driver: dict[str, Any] | None) -> dict[str, Any]:
     sha = hashlib.sha256(pipeline.to_yaml().encode()).hexdigest()
-    data = data_pvc is not None
     head_store = OBJECT_STORE_MIN_MB
-    head_containers = [_ray_container(
-        "ray-head", image, pull, _resources(ov.head_cpus, ov.head_memory_mb), data=data, storage_secret=storage_secret,
+    head = [_ray_container(
+        "ray-head", image, pull, _resources(ov.head_cpus, ov.head_memory_mb), data=data_pvc is not None,
+        storage_secret=storage_secret,
         ports=[{"containerPort": 6379, "name": "gcs-server"}, {"containerPort": 8265, "name": "dashboard"},
                {"containerPort": 10001, "name": "client"}, {"containerPort": 8080, "name": "metrics"}])]
     if driver is not None:
-        head_containers.append(driver)
-    spec: dict[str, Any] = {
+        head.append(driver)
+    common = {"name": name, "sha": sha, "configmap": configmap, "image": image, "pull": pull, "data_pvc": data_pvc,
+              "storage_secret": storage_secret}
+    groups = []
+    if plan.cpu is not None:
+        groups.append(_worker_group("cpu-workers", ov.cpu_workers, plan.cpu, **common))
+    if plan.gpu is not None:
+        groups.append(_worker_group("gpu-workers", ov.gpu_workers, plan.gpu, **common))
+    return {
         "rayVersion": ray_version(),
         "enableInTreeAutoscaling": True,
         "autoscalerOptions": {"upscalingMode": "Default", "idleTimeoutSeconds": ov.idle_timeout_s,
                               "resources": _resources(1, 1024)},
         "headGroupSpec": {
-            # num-cpus 0: the head runs GCS, the dashboard and drivers, never a stage actor.
+            # num-cpus 0: the head runs GCS, the dashboard and drivers, never a stage actor or batch task.
             "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0", "metrics-export-port": "8080",
                                "object-store-memory": str(head_store * 2**20)},
-            "template": _pod_template("head", name, sha, head_containers,
-                                      _volumes(configmap, head_store, data_pvc)),
+            "template": _pod_template("head", name, sha, head, _volumes(configmap, head_store, data_pvc)),
         },
+        "workerGroupSpecs": groups,
     }
-    lo, n, hi = ov.cpu_workers
-    groups = [{
-        "groupName": "cpu-workers", "replicas": n, "minReplicas": lo, "maxReplicas": hi,
-        "rayStartParams": {"num-cpus": str(plan.cpu_worker_num_cpus),
-                           "object-store-memory": str(plan.cpu_worker_object_store_mb * 2**20),
-                           "metrics-export-port": "8080"},
-        "template": _pod_template("cpu-worker", name, sha, [_ray_container(
-            "ray-worker", image, pull, _resources(plan.cpu_worker_num_cpus, plan.cpu_worker_memory_mb),
-            data=data, storage_secret=storage_secret)],
-            _volumes(configmap, plan.cpu_worker_object_store_mb, data_pvc)),
-    }]
-    if plan.gpu_steps:
-        lo, n, hi = ov.gpu_workers
-        groups.append({
-            "groupName": "gpu-workers", "replicas": n, "minReplicas": lo, "maxReplicas": hi,
-            "rayStartParams": {"num-cpus": str(plan.gpu_worker_num_cpus), "num-gpus": str(plan.gpu_worker_num_gpus),
-                               "object-store-memory": str(plan.gpu_worker_object_store_mb * 2**20),
-                               "metrics-export-port": "8080"},
-            "template": _pod_template("gpu-worker", name, sha, [_ray_container(
-                "ray-worker", image, pull,
-                _resources(plan.gpu_worker_num_cpus, plan.gpu_worker_memory_mb, plan.gpu_worker_num_gpus),
-                data=data, storage_secret=storage_secret)],
-                _volumes(configmap, plan.gpu_worker_object_store_mb, data_pvc), gpu=True),
-        })
-    spec["workerGroupSpecs"] = groups
-    return spec
 
 
 def _live_driver(urls: Sequence[str], ov: Overlay, image: str, pull: str, secret: str) -> dict[str, Any]:
@@ -380,15 +408,6 @@ def _live_driver(urls: Sequence[str], ov: Overlay, image: str, pull: str, secret
             "securityContext": dict(_SECURITY)}
 
 
-def _meta(name: str, instance: str, component: str, namespace: str | None, pipeline: Pipeline) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name}
-    if namespace:
-        meta["namespace"] = namespace
-    meta["labels"] = _labels(instance, component)
-    meta["annotations"] = {"streamzip.io/pipeline": pipeline.name}
-    return meta
-
-
 def _check_options(kind: str, overlay: str, name: str, urls: Sequence[str], inputs: Sequence[str],
                    output: str | None, data_pvc: str | None) -> list[Problem]:
     problems = []
@@ -399,26 +418,35 @@ def _check_options(kind: str, overlay: str, name: str, urls: Sequence[str], inpu
     if not _NAME.match(name):
         problems.append(Problem("--name", f"{name!r} is not a valid name: lower-case letters, digits and '-', "
                                           "starting with a letter, at most 40 characters (pods add suffixes)"))
-    for opt, values in (("--url", urls), ("--input", inputs), ("--output", [output] if output else [])):
-        for v in values:
-            if redact(v) != v:
-                problems.append(Problem(opt, f"{redact(v)!r} carries credentials; manifests must not. Put them in "
-                                             f"the Secret (keys rtsp-username, rtsp-password) and pass the URL "
-                                             f"without user:password@"))
+    locations = [("--input", v) for v in inputs] + ([("--output", output)] if output else [])
+    for opt, v in [("--url", u) for u in urls] + locations:
+        if redact(v) != v:
+            problems.append(Problem(opt, f"{redact(v)!r} carries credentials, which manifests must not; put them in "
+                                         "the Secret (keys rtsp-username, rtsp-password) and give the URL without "
+                                         "user:password@"))
     if kind == "cluster" and not urls:
         problems.append(Problem("--url", "the live cluster needs at least one camera URL (repeat --url)"))
-    if kind == "job":
-        if not inputs:
-            problems.append(Problem("--input", "the batch job needs at least one input (repeat --input; a folder, "
-                                               "a file, or an object-storage URI such as s3://bucket/videos/)"))
-        if not output:
-            problems.append(Problem("--output", "the batch job needs an output location (a folder or s3://…)"))
-    if data_pvc is None:
-        for v in [*inputs, *([output] if output else [])]:
-            if v == DATA_DIR or v.startswith(DATA_DIR + "/"):
-                problems.append(Problem("--data-pvc", f"{v!r} is under {DATA_DIR}, which only exists when a "
-                                                      "PersistentVolumeClaim is mounted there; pass --data-pvc NAME"))
-                break
+    if kind != "job":
+        return problems
+    if not inputs:
+        problems.append(Problem("--input", f"the batch job needs at least one input (repeat --input): a file or "
+                                           f"folder under {DATA_DIR}"))
+    if not output:
+        problems.append(Problem("--output", f"the batch job needs an output folder under {DATA_DIR}"))
+    for opt, v in locations:
+        scheme = _SCHEME.match(v)
+        if scheme and scheme.group(1).lower() in BATCH_URI_SCHEMES:
+            continue
+        if scheme:
+            problems.append(Problem(opt, f"{v!r}: `streamzip batch` reads and writes local paths only for now; mount "
+                                         f"the bucket or share as a volume (--data-pvc) and give a path under "
+                                         f"{DATA_DIR}"))
+        elif not (v == DATA_DIR or v.startswith(DATA_DIR + "/")):
+            problems.append(Problem(opt, f"{v!r} is not under {DATA_DIR}; every pod must see the inputs and outputs, "
+                                         f"so they live on the volume --data-pvc mounts at {DATA_DIR}"))
+        elif data_pvc is None:
+            problems.append(Problem("--data-pvc", f"{v!r} is under {DATA_DIR}, which exists only when a "
+                                                  "PersistentVolumeClaim is mounted there; pass --data-pvc NAME"))
     return problems
 
 
@@ -431,38 +459,37 @@ def render(pipeline: Pipeline, *, kind: str = "cluster", overlay: str = "dev", n
 
     Raises :class:`ConfigError` listing every problem (the pipeline's and the options') at once."""
     name = name or ("streamzip-live" if kind == "cluster" else "streamzip-batch")
-    problems = _check_options(kind, overlay, name, urls, inputs, output, data_pvc)
-    problems += pipeline.problems()
+    problems = _check_options(kind, overlay, name, urls, inputs, output, data_pvc) + pipeline.problems()
     if problems:
         raise ConfigError(problems)
     ov = OVERLAYS[overlay]
-    plan = plan_resources(pipeline, ov, streams_per_worker=streams_per_worker, gpus_per_worker=gpus_per_worker)
+    plan = plan_resources(pipeline, ov, kind=kind, streams_per_worker=streams_per_worker,
+                          gpus_per_worker=gpus_per_worker)
     image = image or f"streamzip:{__version__}"
     pull = "Always" if image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1] else "IfNotPresent"
     configmap = f"{name}-pipeline"
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(configmap, name, "pipeline", namespace, pipeline),
           "data": {PIPELINE_FILE: pipeline.to_yaml()}}
+    common: dict[str, Any] = {"name": name, "configmap": configmap, "image": image, "pull": pull,
+                              "data_pvc": data_pvc, "storage_secret": storage_secret}
     if kind == "cluster":
-        driver = _live_driver(urls, ov, image, pull, secret)
-        spec = _cluster_spec(pipeline, ov, plan, name=name, configmap=configmap, image=image, pull=pull,
-                             data_pvc=data_pvc, storage_secret=storage_secret, driver=driver)
-        # Re-applying with a new image or pipeline recreates the pods (KubeRay >= 1.6); live streams see a gap.
-        spec = {"upgradeStrategy": {"type": "Recreate"}, **spec}
-        cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": _meta(name, name, "live", namespace, pipeline),
-                   "spec": spec}
-        svc = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(f"{name}-endpoint", name, "endpoint",
-                                                                         namespace, pipeline),
-               "spec": {"type": "ClusterIP",
-                        "selector": {"ray.io/cluster": name, "ray.io/node-type": "head"},
+        spec = _cluster_spec(pipeline, ov, plan, driver=_live_driver(urls, ov, image, pull, secret), **common)
+        # Re-applying with a new image or pipeline recreates the pods (KubeRay >= 1.6): live streams see a gap.
+        cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster",
+                   "metadata": _meta(name, name, "live", namespace, pipeline),
+                   "spec": {"upgradeStrategy": {"type": "Recreate"}, **spec}}
+        svc = {"apiVersion": "v1", "kind": "Service",
+               "metadata": _meta(f"{name}-endpoint", name, "endpoint", namespace, pipeline),
+               "spec": {"type": "ClusterIP", "selector": {"ray.io/cluster": name, "ray.io/node-type": "head"},
                         "ports": [{"name": "live", "port": LIVE_PORT, "targetPort": "live", "protocol": "TCP"}]}}
         return [cm, cluster, svc]
-    assert output is not None
-    spec = _cluster_spec(pipeline, ov, plan, name=name, configmap=configmap, image=image, pull=pull,
-                         data_pvc=data_pvc, storage_secret=storage_secret, driver=None)
-    # KubeRay joins the entrypoint into `bash -c "… ray job submit -- ENTRYPOINT"` and Ray re-quotes the
-    # words, so the head runs exactly the words of this string: one `sh -c SCRIPT`.
+    assert output is not None and plan.task is not None
+    spec = _cluster_spec(pipeline, ov, plan, driver=None, **common)
+    # KubeRay pastes the entrypoint into `bash -c "… ray job submit … -- ENTRYPOINT"` and `ray job submit`
+    # shlex-joins the words it gets, so the head runs exactly the words of this string: one `sh -c SCRIPT`.
+    script = entrypoint_script(batch_argv(inputs, output, plan.task.num_cpus))
     job = {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": _meta(name, name, "batch", namespace, pipeline),
-           "spec": {"entrypoint": shlex.join(["sh", "-c", entrypoint_script(batch_argv(inputs, output))]),
+           "spec": {"entrypoint": shlex.join(["sh", "-c", script]),
                     "submissionMode": "K8sJobMode",
                     "shutdownAfterJobFinishes": True,
                     "ttlSecondsAfterFinished": ov.job_ttl_s,
@@ -497,11 +524,10 @@ def _command_line(pipeline: str, options: Mapping[str, Any]) -> str:
     flags = {"urls": "--url", "inputs": "--input"}
     words = ["streamzip", "k8s", "render", pipeline]
     for key, value in options.items():
-        if value is None or value == () or value == []:
+        if value is None or value == [] or value == ():
             continue
-        flag = flags.get(key, "--" + key.replace("_", "-"))
         for v in value if isinstance(value, (list, tuple)) else [value]:
-            words += [flag, str(v)]
+            words += [flags.get(key, "--" + key.replace("_", "-")), str(v)]
     return shlex.join(words)
 
 
@@ -516,14 +542,13 @@ def _gpu_example() -> Pipeline:
     return pipe
 
 
-#: the checked-in manifests: (file under k8s/rendered, pipeline, options, how the pipeline was made).
+_DATA = {"inputs": ["/data/in"], "output": "/data/out", "data_pvc": "streamzip-data"}
+#: the checked-in manifests: (file under k8s/rendered, pipeline, options).
 _DEFAULTS: list[tuple[str, str, dict[str, Any]]] = [
     ("dev/cluster.yaml", "default", {"kind": "cluster", "overlay": "dev", "urls": [EXAMPLE_URL]}),
-    ("dev/job.yaml", "default", {"kind": "job", "overlay": "dev", "inputs": ["/data/in"], "output": "/data/out",
-                                 "data_pvc": "streamzip-data"}),
+    ("dev/job.yaml", "default", {"kind": "job", "overlay": "dev", **_DATA}),
     ("prod/cluster.yaml", "default", {"kind": "cluster", "overlay": "prod", "urls": [EXAMPLE_URL]}),
-    ("prod/job.yaml", "default", {"kind": "job", "overlay": "prod", "inputs": ["s3://my-bucket/videos/"],
-                                  "output": "s3://my-bucket/tokens/", "storage_secret": "streamzip-storage"}),
+    ("prod/job.yaml", "default", {"kind": "job", "overlay": "prod", **_DATA}),
     ("prod/cluster-gpu.yaml", "gpu", {"kind": "cluster", "overlay": "prod", "urls": [EXAMPLE_URL]}),
 ]
 
@@ -539,8 +564,11 @@ def default_manifests() -> dict[str, str]:
         else:
             pipe = load_pipeline(source)
             how = f"Generated by `streamzip k8s defaults`; the same as:\n  {_command_line(source, options)}"
-        header = (f"{how}\nRe-render instead of editing: the worker sizes follow from the pipeline (docs/deploy.md).\n"
-                  f"Needs the Secret `{SECRET_NAME}` (live) and the KubeRay operator >= 1.6.")
+        needs = (f"the Secret `{SECRET_NAME}` (keys rtsp-username, rtsp-password, live-token)"
+                 if options["kind"] == "cluster" else
+                 f"a ReadWriteMany PersistentVolumeClaim `{options['data_pvc']}` holding {options['inputs'][0]}")
+        header = (f"{how}\nRe-render rather than edit: the worker sizes follow from the pipeline (docs/deploy.md).\n"
+                  f"Needs the KubeRay operator >= 1.6 and {needs}.")
         out[path] = dump(render(pipe, **options), header=header)
     return out
 
@@ -570,8 +598,7 @@ def _cmd_defaults(args: argparse.Namespace) -> int:
     stale = []
     for rel, text in default_manifests().items():
         path = root / rel
-        current = path.read_text(encoding="utf-8") if path.exists() else None
-        if current == text:
+        if path.exists() and path.read_text(encoding="utf-8") == text:
             continue
         stale.append(rel)
         if not args.check:
@@ -580,7 +607,9 @@ def _cmd_defaults(args: argparse.Namespace) -> int:
     if args.check and stale:
         print(f"out of date under {root}: {', '.join(stale)}; run `streamzip k8s defaults {root}`", file=sys.stderr)
         return 1
-    print(f"{len(stale)} file(s) {'rewritten' if stale else 'already current'} under {root}", file=sys.stderr)
+    total = len(_DEFAULTS)
+    print(f"rewrote {len(stale)} of {total} files under {root}" if stale else f"all {total} files under {root} are "
+          "current", file=sys.stderr)
     return 0
 
 
@@ -594,16 +623,15 @@ def add_cli(subparsers: Any) -> None:
                    help="cluster: live RayCluster + driver + Service; job: batch RayJob")
     r.add_argument("--overlay", choices=sorted(OVERLAYS), default="dev", help="environment sizes and bounds")
     r.add_argument("--name", help="resource name (default streamzip-live / streamzip-batch)")
-    r.add_argument("--namespace", help="namespace to write into the manifests (default: none, use kubectl -n)")
+    r.add_argument("--namespace", help="namespace written into the manifests (default: none, use kubectl -n)")
     r.add_argument("--image", help=f"container image (default streamzip:{__version__}, built from k8s/Dockerfile)")
     r.add_argument("--url", action="append", help="a camera URL for the live driver, without credentials (repeat)")
-    r.add_argument("--input", action="append", help="a batch input: file, folder or s3://… URI (repeat)")
-    r.add_argument("--output", help="the batch output folder or URI")
-    r.add_argument("--data-pvc", help=f"a PersistentVolumeClaim mounted at {DATA_DIR} in every pod")
-    r.add_argument("--storage-secret", help="a Secret whose keys become the environment of the Ray pods "
-                                            "(e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+    r.add_argument("--input", action="append", help=f"a batch input file or folder under {DATA_DIR} (repeat)")
+    r.add_argument("--output", help=f"the batch output folder under {DATA_DIR}")
+    r.add_argument("--data-pvc", help=f"a ReadWriteMany PersistentVolumeClaim mounted at {DATA_DIR} in every pod")
+    r.add_argument("--storage-secret", help="a Secret whose keys become environment variables of the Ray pods")
     r.add_argument("--secret", default=SECRET_NAME, help="the Secret with rtsp-username, rtsp-password, live-token")
-    r.add_argument("--streams-per-worker", type=int, help="streams a CPU worker holds (sizes the worker pod)")
+    r.add_argument("--streams-per-worker", type=int, help="streams (or batch inputs) a CPU worker holds")
     r.add_argument("--gpus-per-worker", type=int, help="GPUs of a GPU worker")
     r.add_argument("-o", "--out", help="write to this file instead of standard output")
     r.set_defaults(func=_cmd_render)
@@ -618,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streamzip.k8s", description=__doc__.splitlines()[0])
     add_cli(parser.add_subparsers(dest="command", required=True))
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "k8s":  # accept the CLI's spelling too
+    if argv and argv[0] == "k8s":  # the CLI's spelling works too
         argv = argv[1:]
     args = parser.parse_args(["k8s", *argv])
     try:

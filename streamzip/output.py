@@ -176,6 +176,20 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         pass
 
 
+def ensure_writable(out_dir: str | os.PathLike[str]) -> Path:
+    """Create ``out_dir`` if needed and prove a file can be written there, before any work starts."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"the output folder is not writable ({err.strerror or err})", input=str(out_dir),
+                          stage="output", fix="choose a folder you can write to, or fix its permissions") from err
+    return out_dir
+
+
 def is_complete(folder: str | os.PathLike[str]) -> bool:
     """Whether ``folder`` holds a finished output (what a re-run skips)."""
     folder = Path(folder)

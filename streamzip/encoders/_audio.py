@@ -22,27 +22,28 @@ def audio_samples(chunk: AudioChunk, *, stage: str | None = None) -> torch.Tenso
     Stages take mono audio: the file source downmixes, so a 2-D tensor here means a caller skipped it.
     """
     x = chunk.samples
-    where = {"input": chunk.stream or None, "stage": stage, "time_s": float(chunk.start_s)}
+
+    def bad(message: str, fix: str, time_s: float = float(chunk.start_s)) -> InputError:
+        return InputError(message, input=chunk.stream or None, stage=stage, time_s=time_s, fix=fix)
+
     if not isinstance(x, torch.Tensor):
-        raise InputError(f"audio samples must be a torch.Tensor, got {type(x).__name__}", **where,
-                         fix="wrap the samples with torch.as_tensor(..., dtype=torch.float32)")
+        raise bad(f"audio samples must be a torch.Tensor, got {type(x).__name__}",
+                  "wrap the samples with torch.as_tensor(..., dtype=torch.float32)")
     if x.dim() != 1:
-        raise InputError(f"audio samples must be mono (S,), got shape {tuple(x.shape)}", **where,
-                         fix="downmix to mono first, e.g. samples.mean(dim=0) for (channels, S) "
-                             "(the file source does this)")
+        raise bad(f"audio samples must be mono (S,), got shape {tuple(x.shape)}",
+                  "downmix to mono first, e.g. samples.mean(dim=0) for (channels, S) (the file source does this)")
     if not x.is_floating_point():
-        raise InputError(f"audio samples must be float in [-1, 1], got dtype {x.dtype}", **where,
-                         fix="convert integer PCM with samples.float() / 32768 (int16)")
+        raise bad(f"audio samples must be float in [-1, 1], got dtype {x.dtype}",
+                  "convert integer PCM with samples.float() / 32768 (int16)")
     rate = chunk.sample_rate_hz
     if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
-        raise InputError(f"sample_rate_hz must be a positive int, got {rate!r}", **where,
-                         fix="give the rate in samples per second, e.g. 16000")
+        raise bad(f"sample_rate_hz must be a positive int, got {rate!r}",
+                  "give the rate in samples per second, e.g. 16000")
     x = x.to(torch.float32)
     if x.numel() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).nonzero()[0, 0])
-        raise InputError(f"audio sample {bad} of the chunk is NaN or inf",
-                         **{**where, "time_s": float(chunk.start_s) + bad / rate},
-                         fix="check the decoder; audio stages take finite samples only")
+        first = int((~torch.isfinite(x)).nonzero()[0, 0])
+        raise bad(f"audio sample {first} of the chunk is NaN or inf",
+                  "check the decoder; audio stages take finite samples only", float(chunk.start_s) + first / rate)
     return x.contiguous()
 
 

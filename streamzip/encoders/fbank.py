@@ -21,9 +21,9 @@ no statistics. ``"none"`` keeps Kaldi's raw log-mels.
 its frames, so the tokens of one stretch tile the clock: ``t1[i] == t0[i+1]``. Times are stream time
 (the chunks' ``start_s``), so silence the VAD removed never shifts them.
 
-**Streaming.** Features are computed in fixed blocks of 10 tokens counted from the start of a stretch
+**Streaming.** Features are computed in fixed blocks of 25 tokens counted from the start of a stretch
 of contiguous audio; the samples of an unfinished block are carried to the next chunk, so the tokens
-are bit-identical however the audio was chunked (latency: one block, 0.4 s at 25 tokens/s). A
+are bit-identical however the audio was chunked (latency: one block, 1 s at 25 tokens/s). A
 chunk that does not start where the previous one ended (silence removed, a hole in the input, another
 sample rate) starts a new stretch: the previous one ends with a partial token (its frames padded by
 repeating the last one in ``stack`` mode) and samples short of one 25 ms window are dropped.
@@ -53,7 +53,7 @@ FEATURE_RATE_HZ = 16000
 _FRAME_LEN = 400  # 25 ms at 16 kHz
 _HOP = 160  # 10 ms at 16 kHz
 _HOP_S = _HOP / FEATURE_RATE_HZ
-_BLOCK_TOKENS = 10  # tokens per fbank call (0.4 s at 25 tokens/s): see FbankEncoder._feed
+_BLOCK_TOKENS = 25  # tokens per fbank call (1 s at 25 tokens/s): see FbankEncoder._feed
 
 
 @dataclass(frozen=True)

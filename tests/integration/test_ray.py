@@ -1,0 +1,149 @@
+"""The Ray runtime against the local one, faults, backpressure and batch. Ray starts once here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import ray
+import torch
+
+from streamzip.batch import run_batch
+from streamzip.errors import BackendError, OutputError
+from streamzip.output import load
+from streamzip.packets import Tokens
+from streamzip.pipeline import load_pipeline
+from streamzip.pipelines import builtin_names
+from streamzip.runtime.local import LocalRuntime
+from streamzip.runtime.ray import RayRuntime, _check_reachable, init_ray
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_started():  # type: ignore[no-untyped-def]
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def tokens_of(packets) -> list[Tokens]:  # type: ignore[no-untyped-def]
+    return [p for p in packets if isinstance(p, Tokens)]
+
+
+def assert_same(a: list[Tokens], b: list[Tokens]) -> None:
+    assert len(a) == len(b) and a, "no tokens, or a different number of packets"
+    for x, y in zip(a, b):
+        assert x.modality == y.modality and x.meta == y.meta
+        for key in ("data", "t0", "t1", "pos", "size", "src", "assignment"):
+            vx, vy = getattr(x, key), getattr(y, key)
+            assert (vx is None) == (vy is None), key
+            if vx is not None:
+                assert torch.equal(vx, vy), key
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_ray_and_local_give_identical_tokens(name, clip) -> None:  # type: ignore[no-untyped-def]
+    pipe = load_pipeline(name)
+    local = tokens_of(LocalRuntime().run(pipe, [clip.path]))
+    rt = RayRuntime()
+    try:
+        remote = tokens_of(rt.run(pipe, [clip.path]))
+    finally:
+        rt.shutdown()
+    assert_same(local, remote)
+
+
+@pytest.mark.parametrize("victim", [0, -1])
+def test_a_killed_stage_restarts_and_the_run_ends_identical(victim, clip) -> None:  # type: ignore[no-untyped-def]
+    pipe = load_pipeline("default")
+    local = tokens_of(LocalRuntime().run(pipe, [clip.path]))
+    killed: list[int] = []
+
+    def kill(seq, actors):  # type: ignore[no-untyped-def]
+        if seq == 3 and not killed:
+            ray.kill(actors[victim], no_restart=False)
+            killed.append(seq)
+
+    rt = RayRuntime(on_packet=kill, snapshot_every=2)
+    try:
+        remote = tokens_of(rt.run(pipe, [clip.path]))
+    finally:
+        rt.shutdown()
+    assert killed and rt.results[0].restarts >= 1
+    assert_same(local, remote)
+
+
+def test_a_file_source_waits_for_the_slowest_stage(clip) -> None:  # type: ignore[no-untyped-def]
+    submitted: list[int] = []
+    rt = RayRuntime(max_inflight=2, on_packet=lambda seq, actors: submitted.append(seq))
+    pipe = load_pipeline("patch_only")
+    try:
+        received = 0
+        for p in rt.run(pipe, [clip.path]):
+            received += 1
+            # The source never runs more than max_inflight packets ahead of what came out.
+            assert len(submitted) <= received + 2 + 1
+    finally:
+        rt.shutdown()
+
+
+def test_no_cluster_at_the_address_is_a_clear_error() -> None:
+    with pytest.raises(BackendError, match="no Ray cluster at '127.0.0.1:9'") as err:
+        _check_reachable("127.0.0.1:9")
+    assert "Fix:" in str(err.value)
+    res = subprocess.run([sys.executable, "-m", "streamzip", "run", "patch_only", "-i", "x.mp4", "--address",
+                          "127.0.0.1:9"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "no Ray cluster" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_batch_writes_each_input_skips_finished_and_records_errors(clip, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    os.link(clip.path, a / "clip.mp4")
+    os.link(clip.path, b / "clip.mp4")  # same file name in two folders
+    (a / "notes.txt").write_text("not media\n")
+    out = tmp_path / "out"
+    pipe = load_pipeline("patch_only")
+    results = run_batch(pipe, [str(a), str(b)], out)
+    assert [r.ok for r in results] == [True, False, True]
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(folders) == 2 and all(f.startswith("clip.mp4-") for f in folders)
+    errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert errors[0]["input"].endswith("notes.txt") and errors[0]["error_type"] == "NotMediaError"
+    first = {f: (out / f / "tokens.safetensors").stat().st_mtime_ns for f in folders}
+    again = run_batch(pipe, [str(a), str(b)], out)
+    assert [r.skipped for r in again] == [True, False, True]
+    assert first == {f: (out / f / "tokens.safetensors").stat().st_mtime_ns for f in folders}
+    local = tokens_of(LocalRuntime().run(pipe, [clip.path]))
+    assert torch.equal(load(out / folders[0]).tokens("tokens/video").data, torch.cat([t.data for t in local]))
+
+
+def test_batch_into_an_unwritable_place_is_an_output_error(clip, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError):
+        run_batch(load_pipeline("patch_only"), [clip.path], blocker / "out")
+
+
+def test_a_dying_worker_costs_only_its_input(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "crashy.py").write_text(textwrap.dedent('''
+        import os
+        def encode(frames):
+            if float(frames.float().mean()) < 5:   # black frames: die like a segfaulting codec would
+                os._exit(3)
+            return frames.float().reshape(frames.shape[0], -1, 3)[:, :16]
+    '''))
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text("name: crashy\ndecode: {fps: 1, width: 8, height: 8}\n"
+                    "steps:\n  - {op: function_encoder, function: 'crashy:encode'}\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    res = subprocess.run([sys.executable, "-m", "streamzip", "batch", "-p", str(pipe), "-o", str(tmp_path / "out"),
+                          "lavfi:color=c=black:s=64x64:d=2", "lavfi:testsrc2=s=64x64:d=2"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 1, res.stderr
+    errors = [json.loads(x) for x in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    assert len(errors) == 1 and "color" in errors[0]["input"] and errors[0]["error_type"] == "WorkerDied"
+    assert any((tmp_path / "out" / d / "manifest.json").is_file() for d in os.listdir(tmp_path / "out"))
