@@ -57,6 +57,34 @@ def summary_table(results: Sequence[Any]) -> str:
     return "\n".join(out)
 
 
+def stage_table(results: Sequence[Any]) -> str:
+    """Per stage, over all inputs: packets, frames/s, tokens in/out, busy time, restarts."""
+    agg: dict[str, dict[str, float]] = {}
+    for r in results:
+        for st in r.stages:
+            a = agg.setdefault(st.step_id, {"op": st.op, "packets": 0, "frames": 0, "tin": 0, "tout": 0,
+                                             "s": 0.0, "restarts": 0})  # type: ignore[dict-item]
+            a["packets"] += st.packets_in
+            a["frames"] += st.frames_in
+            a["tin"] += st.tokens_in
+            a["tout"] += st.tokens_out
+            a["s"] += st.seconds
+            a["restarts"] += st.restarts
+    if not agg:
+        return ""
+    head = ["stage", "op", "packets", "frames/s", "tokens in", "tokens out", "busy", "restarts"]
+    rows = [[sid, str(a["op"]), f"{int(a['packets']):,}",
+             f"{a['frames'] / a['s']:.0f}" if a["frames"] and a["s"] > 0 else "-",
+             f"{int(a['tin']):,}", f"{int(a['tout']):,}", _fmt_seconds(a["s"]), str(int(a["restarts"]))]
+            for sid, a in agg.items()]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    extra = [f"{r.input}: queue depth max {r.max_queue_depth}, drops {r.drops}, recoveries {r.restarts}"
+             for r in results if r.max_queue_depth or r.drops or r.restarts]
+    return "\n".join(out + extra)
+
+
 class _Progress:
     """A tqdm bar per input: media seconds done, frames/s, tokens in/out."""
 
@@ -108,6 +136,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     print(summary_table(results))
+    stages = stage_table([r for r in results if r.ok])
+    if stages:
+        print()
+        print(stages)
     for r in results:
         if not r.ok:
             print(f"error: {r.error}", file=sys.stderr)

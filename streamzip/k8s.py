@@ -370,8 +370,8 @@ def _cluster_spec(pipeline: Pipeline, ov: Overlay, plan: ResourcePlan, *, name: 
                {"containerPort": 10001, "name": "client"}, {"containerPort": 8080, "name": "metrics"}])]
     if driver is not None:
         head.append(driver)
-    common = {"name": name, "sha": sha, "configmap": configmap, "image": image, "pull": pull, "data_pvc": data_pvc,
-              "storage_secret": storage_secret}
+    common: dict[str, Any] = {"name": name, "sha": sha, "configmap": configmap, "image": image, "pull": pull,
+                              "data_pvc": data_pvc, "storage_secret": storage_secret}
     groups = []
     if plan.cpu is not None:
         groups.append(_worker_group("cpu-workers", ov.cpu_workers, plan.cpu, **common))

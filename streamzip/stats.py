@@ -47,6 +47,7 @@ class InputResult:
     skipped: bool = False
     restarts: int = 0
     drops: int = 0
+    max_queue_depth: int = 0
     stages: list[StageStats] = field(default_factory=list)
 
     @property

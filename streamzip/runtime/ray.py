@@ -167,6 +167,10 @@ class StageActor:
             self.runner.stages[0].restore(snap["stage"])
             for k, v in snap["stats"].items():
                 setattr(self.runner.stats[0], k, v)
+        if self.restarted:  # count this process's restart once, on top of the restored counters
+            assert self.runner is not None
+            self.runner.stats[0].restarts += 1
+            self.restarted = False
 
     def stats(self) -> dict[str, Any]:
         assert self.runner is not None
@@ -174,6 +178,23 @@ class StageActor:
 
     def ping(self) -> bool:
         return True
+
+
+_DRIVER_METRICS: dict[str, Any] = {}
+
+
+def _driver_metrics() -> dict[str, Any]:
+    """Gauges and counters the driver exports through Ray's metrics (Prometheus on a cluster)."""
+    if not _DRIVER_METRICS:
+        from ray.util import metrics
+
+        _DRIVER_METRICS["queue_depth"] = metrics.Gauge(
+            "streamzip_queue_depth", "packets between a stream's source and its last stage", tag_keys=("stream",))
+        _DRIVER_METRICS["recoveries"] = metrics.Counter(
+            "streamzip_recoveries", "chain restores after a stage actor died", tag_keys=("stream",))
+        _DRIVER_METRICS["drops"] = metrics.Counter(
+            "streamzip_source_drops", "source packets dropped under load (live sources)", tag_keys=("stream",))
+    return _DRIVER_METRICS
 
 
 class RayRuntime:
@@ -306,6 +327,9 @@ class _Chain:
         for a in self.actors:
             r = a.push.remote(r)
         self.inflight.append((seq, r))
+        depth = len(self.inflight)
+        self.result.max_queue_depth = max(self.result.max_queue_depth, depth)
+        _driver_metrics()["queue_depth"].set(depth, tags={"stream": self.result.stream})
 
     def submit(self, packet: Packet) -> None:
         seq = self.next_seq
@@ -358,6 +382,7 @@ class _Chain:
     def _recover(self) -> None:
         """An actor died: wait for the restart, restore every actor from the committed cut, replay."""
         self.result.restarts += 1
+        _driver_metrics()["recoveries"].inc(tags={"stream": self.result.stream})
         pending = [r for _, r in self.inflight] + [r for _, refs in self.cuts for r in refs]
         if pending:
             ray.wait(pending, num_returns=len(pending), timeout=self.rt.restart_timeout_s)

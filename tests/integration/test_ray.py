@@ -73,6 +73,7 @@ def test_a_killed_stage_restarts_and_the_run_ends_identical(victim, clip) -> Non
     finally:
         rt.shutdown()
     assert killed and rt.results[0].restarts >= 1
+    assert sum(st.restarts for st in rt.results[0].stages) == 1
     assert_same(local, remote)
 
 

@@ -1,0 +1,232 @@
+"""DPC-KNN on FAISS: hand-made answers, agreement with a plain O(N²) version, streaming, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamzip.errors import ConfigError, TokenError
+from streamzip.operators.dpc_knn import (
+    DPCKNN,
+    DPCKNNConfig,
+    apply_clusters,
+    plan_clusters,
+    reduce_tokens,
+    segment_events,
+)
+from streamzip.packets import Gap, Tokens
+from streamzip.registry import get
+from streamzip.tokens import cat, take, with_fresh_assignment
+
+
+def make(frames: torch.Tensor, *, fps: float = 2.0, start_s: float = 0.0, first_id: int = 0) -> Tokens:
+    t, p, d = frames.shape
+    cols = math.ceil(math.sqrt(p))
+    grid = torch.tensor([[i // cols, i % cols] for i in range(p)], dtype=torch.int32)
+    t0 = (start_s + torch.arange(t, dtype=torch.float64) / fps).repeat_interleave(p)
+    tok = Tokens(stream="s", modality="video", data=frames.reshape(t * p, d).float(), t0=t0, t1=t0 + 1 / fps,
+                 pos=grid.repeat(t, 1), size=torch.ones(t * p, dtype=torch.int64))
+    return with_fresh_assignment(tok, first_id)
+
+
+def clustered(n: int, d: int, num: int, seed: int, spread: float = 0.3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(num, d, generator=g)
+    scale = torch.rand(num, 1, generator=g) + 0.5  # clusters of different widths
+    label = torch.randint(0, num, (n,), generator=g)
+    return centres[label] + spread * scale[label] * torch.randn(n, d, generator=g)
+
+
+def reference_dpc_knn(x: torch.Tensor, num_clusters: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same formulas on the full N×N distance matrix (Chat-UniVi's cluster_dpc_knn, with the
+    engine's deterministic ties and densest-token rule): returns (centres, assignment)."""
+    n, d = x.shape
+    dist = torch.cdist(x.double(), x.double()) / math.sqrt(d)
+    near = torch.topk(dist, min(k, n), dim=1, largest=False).values
+    density = torch.exp(-(near ** 2).mean(1)).float()
+    order = torch.sort(density, descending=True, stable=True).indices
+    rank = torch.empty(n, dtype=torch.int64)
+    rank[order] = torch.arange(n)
+    denser = rank.unsqueeze(0) < rank.unsqueeze(1)  # [i, j]: j is denser than i
+    delta = torch.where(denser, dist, torch.full_like(dist, math.inf)).min(1).values
+    delta[order[0]] = dist[order[0]].max()
+    score = density * delta.float()
+    centres = torch.sort(score, descending=True, stable=True).indices[:num_clusters]
+    assign = dist[:, centres].argmin(1)
+    assign[centres] = torch.arange(centres.numel())
+    return centres, assign
+
+
+# -- kernel ---------------------------------------------------------------------------------------
+
+def test_two_blobs_become_their_size_weighted_means() -> None:
+    a = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1]])
+    b = a + 5.0
+    x = torch.stack([a[0], b[0], a[1], b[1], a[2], b[2]])  # interleaved in time
+    tok = make(x.reshape(6, 1, 2))
+    tok.size = torch.tensor([1, 1, 2, 1, 1, 1])
+    plan = plan_clusters(tok.data, 2, k=3)
+    assert sorted(plan.assign.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert plan.assign[0] == plan.assign[2] == plan.assign[4]
+    out = apply_clusters(tok, plan)
+    assert out.size.tolist() == [4, 3]                       # time order: blob a starts first
+    assert torch.allclose(out.data[0], (a[0] + 2 * a[1] + a[2]) / 4)
+    assert torch.allclose(out.data[1], b.mean(0))
+    assert out.t0.tolist() == [0.0, 0.5] and out.t1.tolist() == [2.5, 3.0]
+    assert out.assignment.tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_density_distance_and_the_densest_token() -> None:
+    x = torch.tensor([[0.0], [1.0], [2.0], [10.0]])
+    plan = plan_clusters(x, 2, k=2)
+    # k=2: self plus the nearest other; d = |x_i - x_j| / sqrt(1)
+    assert torch.allclose(plan.density, torch.exp(-torch.tensor([1.0, 1.0, 1.0, 64.0]) / 2))
+    # ties broken by index: token 0 is the densest; its delta is its distance to the farthest token
+    assert plan.delta.tolist() == pytest.approx([10.0, 1.0, 1.0, 8.0])
+    # the outlier's density is ~e^-32, so the second centre is the tie-winner among tokens 1 and 2
+    assert plan.centers.tolist() == [0, 1]
+    assert plan.assign.tolist() == [0, 1, 1, 1]
+
+
+def test_duplicates_cluster_onto_the_earliest_copy() -> None:
+    x = torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 1.0]] * 3)
+    plan = plan_clusters(x, 2, k=3)
+    assert plan.centers.tolist() == [0, 4]
+    assert plan.delta[1:4].tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("n,k,neighbours", [(500, 5, 32), (2000, 5, 32), (800, 2, 1)])
+def test_faiss_agrees_with_the_quadratic_reference(n: int, k: int, neighbours: int) -> None:
+    x = clustered(n, 48, 24, seed=n)
+    plan = plan_clusters(x, n // 20, k, neighbours=neighbours)
+    centres, assign = reference_dpc_knn(x, n // 20, k)
+    same = (plan.centers[plan.assign] == centres[assign]).float().mean().item()
+    assert same >= 0.99
+    assert len(set(plan.centers.tolist()) & set(centres.tolist())) >= 0.95 * centres.numel()
+
+
+@pytest.mark.parametrize("index", ["ivf", "hnsw"])
+def test_approximate_indexes_mostly_agree(index: str) -> None:
+    x = clustered(3000, 32, 30, seed=7, spread=0.15)
+    plan = plan_clusters(x, 60, 5, index=index)  # type: ignore[arg-type]
+    centres, assign = reference_dpc_knn(x, 60, 5)
+    assert plan.centers.numel() == 60 and int(plan.assign.max()) < 60
+    assert (plan.centers[plan.assign] == centres[assign]).float().mean().item() >= 0.9
+
+
+def test_edge_cases_pass_through_or_clamp() -> None:
+    one = make(torch.randn(1, 1, 4))
+    assert reduce_tokens(one, 1) is one
+    tok = make(torch.randn(3, 4, 4))
+    assert reduce_tokens(tok, 12) is tok and reduce_tokens(tok, 100) is tok
+    big_k = plan_clusters(tok.data, 3, k=500)
+    assert torch.equal(big_k.assign, plan_clusters(tok.data, 3, k=12).assign)  # k clamps to N
+    assert plan_clusters(tok.data, 1, k=5).assign.unique().tolist() == [0]
+    empty = plan_clusters(torch.zeros(0, 4), 3)
+    assert empty.assign.numel() == 0
+
+
+def test_events_are_contiguous_and_at_most_the_number_asked() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, generator=g), torch.randn(8, generator=g)
+    frames = torch.stack([a, a, b, b, a, a, b, b]) + 0.01 * torch.randn(8, 8, generator=g)
+    ev = segment_events(frames, 2, k=2)
+    assert bool((ev[1:] - ev[:-1] >= 0).all()) and int(ev.max()) <= 1
+    assert ev.tolist() in ([0, 0, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 1, 1])
+    assert segment_events(frames, 4, k=2).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert segment_events(frames[:1], 3).tolist() == [0]
+
+
+def test_event_level_never_merges_across_events() -> None:
+    g = torch.Generator().manual_seed(1)
+    scenes = [torch.randn(1, 9, 6, generator=g) + 3 * torch.randn(1, 1, 6, generator=g) for _ in range(2)]
+    frames = torch.cat([s + 0.1 * torch.randn(4, 9, 6, generator=g) for s in scenes])  # cut at frame 4 (2.0 s)
+    tok = make(frames)
+    out = reduce_tokens(tok, 10, event_level=True, event_ratio=0.25)
+    assert out.num_tokens == 10 and int(out.size.sum()) == tok.num_tokens
+    assert bool(((out.t1 <= 2.0) | (out.t0 >= 2.0)).all())
+    assert bool((out.t0[1:] >= out.t0[:-1]).all())
+
+
+# -- streaming operator ---------------------------------------------------------------------------
+
+def test_one_packet_per_window_with_window_meta() -> None:
+    tok = make(clustered(160, 8, 5, seed=3).reshape(10, 16, 8))  # 10 frames at 2 fps: windows 0 and 1
+    op = DPCKNN(DPCKNNConfig(max_tokens=20))
+    frame = torch.arange(160) // 16
+    outs = [o for i in range(10) for o in op.process(take(tok, (frame == i).nonzero().squeeze(1)))]
+    assert len(outs) == 1 and outs[0].meta["window"] == 0
+    outs += op.flush()
+    assert [o.meta["window"] for o in outs] == [0, 1]
+    assert [o.meta["window_start_s"] for o in outs] == [0.0, 4.0]
+    assert [o.num_tokens for o in outs] == [20, 20]
+    whole = DPCKNN(DPCKNNConfig(max_tokens=20))
+    again = whole.process(tok) + whole.flush()
+    for a, b in zip(outs, again):
+        assert torch.equal(a.data, b.data) and torch.equal(a.assignment, b.assignment)
+
+
+def test_gap_flushes_the_window() -> None:
+    op = DPCKNN(DPCKNNConfig(max_tokens=4))
+    assert op.process(make(torch.randn(2, 4, 3))) == []
+    gap = Gap("s", 1.0, 2.0)
+    out = op.on_gap(gap)
+    assert out[-1] is gap and out[0].num_tokens == 4
+
+
+def test_snapshot_resumes_with_identical_output() -> None:
+    tok = make(clustered(192, 8, 6, seed=5).reshape(12, 16, 8))
+    op = DPCKNN(DPCKNNConfig(max_tokens=10))
+    first = op.process(take(tok, torch.arange(80)))
+    resumed = DPCKNN(DPCKNNConfig(max_tokens=10))
+    resumed.restore(op.snapshot())
+    rest = resumed.process(take(tok, torch.arange(80, 192))) + resumed.flush()
+    ref = DPCKNN(DPCKNNConfig(max_tokens=10))
+    full = cat(ref.process(tok) + ref.flush())
+    got = cat(first + rest)
+    assert torch.equal(got.data, full.data) and torch.equal(got.src, full.src)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), t=st.integers(1, 14), p=st.integers(1, 12), budget=st.integers(1, 40),
+       event_level=st.booleans())
+def test_budget_held_sizes_conserved_time_order_kept(seed: int, t: int, p: int, budget: int,
+                                                     event_level: bool) -> None:
+    g = torch.Generator().manual_seed(seed)
+    tok = make(torch.randn(t, p, 5, generator=g).round(decimals=1), fps=3.0)  # rounding makes ties
+    op = DPCKNN(DPCKNNConfig(max_tokens=budget, event_level=event_level))
+    outs = op.process(tok) + op.flush()
+    for o in outs:
+        assert o.num_tokens <= budget
+        assert bool((o.t0[1:] >= o.t0[:-1]).all())
+        assert torch.equal(torch.bincount(o.assignment, minlength=o.num_tokens), o.size)
+    out = cat(outs)
+    assert int(out.size.sum()) == tok.num_tokens
+    assert sorted(out.src.tolist()) == list(range(tok.num_tokens))
+
+
+# -- bad input and config -------------------------------------------------------------------------
+
+def test_bad_tokens_raise() -> None:
+    op = DPCKNN()
+    bad = torch.randn(2, 3, 4)
+    bad[1, 0, 0] = float("nan")
+    with pytest.raises(TokenError, match="token 3"):
+        op.process(make(bad))
+    op.process(make(torch.randn(2, 3, 4)))
+    with pytest.raises(TokenError, match="dimension changed from 4 to 6"):
+        op.process(make(torch.randn(2, 3, 6), start_s=1.0))
+
+
+def test_config_and_registration() -> None:
+    with pytest.raises(ConfigError) as err:
+        DPCKNNConfig.from_mapping({"max_tokens": 0, "k": 0, "index": "annoy"}, "steps[1]")
+    assert [p.path for p in err.value.problems] == ["steps[1].index"]  # type problems come first
+    with pytest.raises(ConfigError) as err:
+        DPCKNNConfig(max_tokens=0, k=0, event_ratio=2.0)
+    assert [p.path for p in err.value.problems] == ["max_tokens", "k", "event_ratio"]
+    assert get("dpc_knn").cls is DPCKNN and DPCKNN.modalities == ("video",)
