@@ -4,14 +4,21 @@ Decoding (FFmpeg) and the stages (torch) both release the GIL, so a source threa
 with the work on earlier packets. The source iterator is created, driven and closed in that one
 thread (PyAV containers must not be closed from another thread). An exception in the source is
 re-raised in the consumer; closing the consumer early stops the thread.
+
+When the queue is full, a file source waits (``drop_oldest=False``: nothing is lost); a live source
+cannot wait — the camera goes on — so with ``drop_oldest=True`` the oldest queued media packet is
+dropped and counted instead, which keeps latency bounded. Control packets (``Gap``, ``End``) are
+never dropped.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from streamzip.packets import End, Gap
 
 T = TypeVar("T")
 
@@ -23,46 +30,96 @@ class _Raised:
         self.err = err
 
 
-def prefetch(make: Callable[[], Iterable[T]], *, depth: int = 4, name: str = "streamzip-source") -> Iterator[T]:
-    """Iterate ``make()`` in a background thread, at most ``depth`` items ahead."""
-    q: queue.Queue[object] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+class Prefetch(Iterator[Any]):
+    """Iterate ``make()`` in a background thread, at most ``depth`` items ahead.
 
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    ``drops`` counts the media packets dropped (only with ``drop_oldest``).
+    """
 
-    def work() -> None:
+    def __init__(self, make: Callable[[], Iterable[Any]], *, depth: int = 4, drop_oldest: bool = False,
+                 name: str = "streamzip-source", on_drop: Callable[[Any], None] | None = None) -> None:
+        self.depth = max(1, depth)
+        self.drop_oldest = drop_oldest
+        self.on_drop = on_drop
+        self.drops = 0
+        self._items: deque[Any] = deque()
+        self._cond = threading.Condition()
+        self._stop = False
+        self._finished = False
+        self._thread = threading.Thread(target=self._work, args=(make,), name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any, *, control: bool = False) -> bool:
+        with self._cond:
+            while len(self._items) >= self.depth and not self._stop:
+                if self.drop_oldest and not control:
+                    victim = next((i for i, x in enumerate(self._items)
+                                   if not isinstance(x, (Gap, End, _Raised)) and x is not _DONE), None)
+                    if victim is not None:
+                        dropped = self._items[victim]
+                        del self._items[victim]
+                        self.drops += 1
+                        if self.on_drop is not None:
+                            self.on_drop(dropped)
+                        continue
+                self._cond.wait(0.1)
+            if self._stop:
+                return False
+            self._items.append(item)
+            self._cond.notify_all()
+            return True
+
+    def _work(self, make: Callable[[], Iterable[Any]]) -> None:
         try:
             it = iter(make())
             try:
                 for item in it:
-                    if not put(item):
+                    if not self._put(item, control=isinstance(item, (Gap, End))):
                         break
             finally:
                 close = getattr(it, "close", None)
                 if close is not None:
                     close()
         except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            put(_Raised(err))
+            self._put(_Raised(err), control=True)
             return
-        put(_DONE)
+        self._put(_DONE, control=True)
 
-    thread = threading.Thread(target=work, name=name, daemon=True)
-    thread.start()
+    def __next__(self) -> Any:
+        if self._finished:
+            raise StopIteration
+        with self._cond:
+            while not self._items:
+                self._cond.wait(0.1)
+            item = self._items.popleft()
+            self._cond.notify_all()
+        if item is _DONE:
+            self._finished = True
+            raise StopIteration
+        if isinstance(item, _Raised):
+            self._finished = True
+            raise item.err
+        return item
+
+    def close(self) -> None:
+        """Stop the source thread (it closes its own iterator)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter teardown
+            pass
+
+
+def prefetch(make: Callable[[], Iterable[T]], *, depth: int = 4, drop_oldest: bool = False,
+             name: str = "streamzip-source") -> Iterator[T]:
+    """Iterate ``make()`` in a background thread (see :class:`Prefetch`); stops it when closed."""
+    p = Prefetch(make, depth=depth, drop_oldest=drop_oldest, name=name)
     try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Raised):
-                raise item.err
-            yield item  # type: ignore[misc]
+        yield from p
     finally:
-        stop.set()
-        thread.join(timeout=10)
+        p.close()

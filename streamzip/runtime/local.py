@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from streamzip._prefetch import prefetch
+from streamzip._prefetch import Prefetch
 from streamzip.errors import StreamzipError
 from streamzip.operator import Operator
 from streamzip.packets import AudioChunk, End, Gap, Packet, Tokens, VideoFrames
 from streamzip.sources._names import stream_name
-from streamzip.sources.file import FileSource
+from streamzip.sources.file import FileSource, SourceStats
 from streamzip.stats import InputResult, StageStats
 
 if TYPE_CHECKING:
     from streamzip.pipeline import Pipeline
 
-__all__ = ["LocalRuntime", "StageRunner", "packet_time"]
+__all__ = ["LocalRuntime", "Source", "StageRunner", "open_source", "packet_time"]
 
 #: called after each source packet with the input's result so far (for progress bars).
 ProgressFn = Callable[[InputResult], None]
@@ -119,25 +119,56 @@ class LocalRuntime:
             yield from self.run_input(pipeline, path, result)
 
     def run_input(self, pipeline: Pipeline, path: str, result: InputResult) -> Iterator[Packet]:
-        mods = pipeline.modalities()
-        source = FileSource(path, pipeline.decode, stream=result.stream,
-                            want_video="video" in mods, want_audio="audio" in mods)
+        """Decode the file (or ``lavfi:`` graph) at ``path`` and run the pipeline on it."""
+        yield from self.run_source(pipeline, open_source(pipeline, path, result), result)
+
+    def run_source(self, pipeline: Pipeline, source: Source, result: InputResult, *,
+                   live: bool = False) -> Iterator[Packet]:
+        """Run the pipeline on any packet source (a file, a camera, a microphone).
+
+        ``live``: the source cannot wait, so when the stages fall behind the oldest queued media
+        packets are dropped (and counted in ``result.drops``) instead of blocking the source.
+        """
         runner = StageRunner(pipeline.build(result.stream), result)
         t_start = time.perf_counter()
+        feed = Prefetch(lambda: source, depth=self.prefetch_depth, drop_oldest=live)
         try:
-            for packet in prefetch(lambda: source, depth=self.prefetch_depth):
+            for packet in feed:
                 for out in runner.push(packet):
                     count_output(result, out)
                     yield out
-                result.media_s = source.stats.duration_s
-                result.frames = source.stats.frames_sampled
-                result.corrupt_packets = source.stats.corrupt_packets
+                update_from_source(result, source, feed, t_start)
                 result.tokens_in = encoder_tokens(runner)
-                result.wall_s = time.perf_counter() - t_start
                 if self.progress is not None:
                     self.progress(result)
         except StreamzipError as err:
             raise err.with_context(input=result.input)
         finally:
-            result.wall_s = time.perf_counter() - t_start
+            feed.close()
+            update_from_source(result, source, feed, t_start)
             result.audio_s = source.stats.audio_samples / pipeline.decode.sample_rate_hz
+
+
+class Source(Protocol):
+    """What a runtime needs of a source: packets, a name and running counters."""
+
+    name: str
+    stream: str
+    stats: SourceStats
+
+    def __iter__(self) -> Iterator[Packet]: ...
+
+
+def open_source(pipeline: Pipeline, path: str, result: InputResult) -> FileSource:
+    """The file source for ``path``, decoding only the modalities the pipeline's encoders take."""
+    mods = pipeline.modalities()
+    return FileSource(path, pipeline.decode, stream=result.stream,
+                      want_video="video" in mods, want_audio="audio" in mods)
+
+
+def update_from_source(result: InputResult, source: Source, feed: Prefetch, t_start: float) -> None:
+    result.media_s = source.stats.duration_s
+    result.frames = source.stats.frames_sampled
+    result.corrupt_packets = source.stats.corrupt_packets
+    result.drops = feed.drops
+    result.wall_s = time.perf_counter() - t_start

@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 import ray
 import ray.exceptions
 
-from streamzip._prefetch import prefetch
+from streamzip._prefetch import Prefetch
 from streamzip.errors import BackendError, StreamzipError
 from streamzip.packets import Packet
-from streamzip.runtime.local import StageRunner, count_output
+from streamzip.runtime.local import Source, StageRunner, count_output, open_source, update_from_source
 from streamzip.sources._names import stream_name
 from streamzip.sources.file import FileSource
 from streamzip.stats import InputResult, StageStats
@@ -273,24 +273,30 @@ class RayRuntime:
             yield from self.run_input(pipeline, path, result)
 
     def run_input(self, pipeline: Pipeline, path: str, result: InputResult) -> Iterator[Packet]:
-        mods = pipeline.modalities()
-        source = FileSource(path, pipeline.decode, stream=result.stream,
-                            want_video="video" in mods, want_audio="audio" in mods)
+        """Decode the file (or ``lavfi:`` graph) at ``path`` and run the pipeline on it."""
+        yield from self.run_source(pipeline, open_source(pipeline, path, result), result)
+
+    def run_source(self, pipeline: Pipeline, source: Source, result: InputResult, *,
+                   live: bool = False) -> Iterator[Packet]:
+        """Run the pipeline on any packet source. ``live``: drop the oldest queued media packets
+        (counted in ``result.drops``) rather than make the source wait."""
         actors = self._actors_for(pipeline)
         chain = _Chain(self, actors, result)
         t_start = time.perf_counter()
+
+        def on_drop(_: Packet) -> None:
+            _driver_metrics()["drops"].inc(tags={"stream": result.stream})
+
+        feed = Prefetch(lambda: source, depth=self.prefetch_depth, drop_oldest=live, on_drop=on_drop)
         try:
             chain.reset()
-            for packet in prefetch(lambda: source, depth=self.prefetch_depth):
+            for packet in feed:
                 chain.submit(packet)
                 if self.on_packet is not None:
                     self.on_packet(chain.next_seq - 1, actors)
                 while chain.inflight_count() >= self.max_inflight:
                     yield from chain.complete_oldest()
-                result.media_s = source.stats.duration_s
-                result.frames = source.stats.frames_sampled
-                result.corrupt_packets = source.stats.corrupt_packets
-                result.wall_s = time.perf_counter() - t_start
+                update_from_source(result, source, feed, t_start)
                 if self.progress is not None:
                     self.progress(result)
             while chain.inflight_count():
@@ -299,8 +305,8 @@ class RayRuntime:
         except StreamzipError as err:
             raise err.with_context(input=result.input)
         finally:
-            result.wall_s = time.perf_counter() - t_start
-            result.media_s = source.stats.duration_s
+            feed.close()
+            update_from_source(result, source, feed, t_start)
             result.audio_s = source.stats.audio_samples / pipeline.decode.sample_rate_hz
 
 
