@@ -49,10 +49,10 @@ class Prefetch(Iterator[Any]):
         self._thread = threading.Thread(target=self._work, args=(make,), name=name, daemon=True)
         self._thread.start()
 
-    def _put(self, item: Any, *, control: bool = False) -> bool:
+    def _put(self, item: Any) -> bool:
         with self._cond:
             while len(self._items) >= self.depth and not self._stop:
-                if self.drop_oldest and not control:
+                if self.drop_oldest:
                     victim = next((i for i, x in enumerate(self._items)
                                    if not isinstance(x, (Gap, End, _Raised)) and x is not _DONE), None)
                     if victim is not None:
@@ -74,16 +74,16 @@ class Prefetch(Iterator[Any]):
             it = iter(make())
             try:
                 for item in it:
-                    if not self._put(item, control=isinstance(item, (Gap, End))):
+                    if not self._put(item):
                         break
             finally:
                 close = getattr(it, "close", None)
                 if close is not None:
                     close()
         except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            self._put(_Raised(err), control=True)
+            self._put(_Raised(err))
             return
-        self._put(_DONE, control=True)
+        self._put(_DONE)
 
     def __next__(self) -> Any:
         if self._finished:
