@@ -337,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--height", type=int, default=360)
     y.add_argument("--seed", type=int, default=0)
     y.set_defaults(func=_cmd_synth)
+
+    from streamzip.k8s import add_cli as add_k8s_cli
+
+    add_k8s_cli(sub)
     return p
 
 

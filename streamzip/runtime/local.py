@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streamzip._prefetch import Prefetch
 from streamzip.errors import StreamzipError
@@ -43,11 +43,13 @@ def packet_time(packet: Packet) -> float | None:
 class StageRunner:
     """Pushes packets through a chain of stages and counts what each one does."""
 
-    def __init__(self, stages: Sequence[Operator], result: InputResult) -> None:
+    def __init__(self, stages: Sequence[Operator], result: InputResult, *, meter: Any = None) -> None:
         self.stages = list(stages)
         self.result = result
         self.stats = [StageStats(step_id=s.step_id, op=s.name or type(s).__name__) for s in self.stages]
         result.stages = self.stats
+        #: a FidelityMeter fed with every encoder's fresh tokens (the originals), or None.
+        self.meter = meter
 
     def push(self, packet: Packet, start: int = 0) -> Iterator[Packet]:
         """Send ``packet`` into stage ``start``; yield what comes out of the last stage."""
@@ -81,14 +83,38 @@ class StageRunner:
         for out in outs:
             if isinstance(out, Tokens) and out is not packet:
                 st.tokens_out += out.num_tokens
+                if self.meter is not None and out.modality in stage.produces:
+                    self.meter.add_originals(out)
             yield from self.push(out, start + 1)
 
 
-def count_output(result: InputResult, packet: Packet) -> None:
-    """Add a final packet to the input's token-out count (memory and read views are not counted:
-    they re-present tokens already counted)."""
-    if isinstance(packet, Tokens) and packet.meta.get("kind", "tokens") in ("tokens", "window"):
+def is_stream_output(packet: Packet) -> bool:
+    """Whether a final packet is part of the compressed stream (memory and read packets re-present
+    tokens the stream already holds, so counts and fidelity leave them out)."""
+    return isinstance(packet, Tokens) and packet.meta.get("kind", "tokens") in ("tokens", "window")
+
+
+def count_output(result: InputResult, packet: Packet, meter: Any = None) -> None:
+    """Add a final packet to the input's token-out count (and to the fidelity meter, if any)."""
+    if is_stream_output(packet):
+        assert isinstance(packet, Tokens)
         result.tokens_out += packet.num_tokens
+        if meter is not None:
+            meter.add_outputs(packet)
+
+
+def new_meter(pipeline: Pipeline) -> Any:
+    """A fidelity meter when the pipeline keeps provenance, else None."""
+    if not pipeline.keep_assignment:
+        return None
+    from streamzip.operators.fidelity import FidelityMeter
+
+    return FidelityMeter()
+
+
+def finish_meter(result: InputResult, meter: Any) -> None:
+    if meter is not None:
+        result.fidelity = meter.result()["fidelity"]
 
 
 def encoder_tokens(runner: StageRunner) -> int:
@@ -129,18 +155,20 @@ class LocalRuntime:
         ``live``: the source cannot wait, so when the stages fall behind the oldest queued media
         packets are dropped (and counted in ``result.drops``) instead of blocking the source.
         """
-        runner = StageRunner(pipeline.build(result.stream), result)
+        meter = new_meter(pipeline)
+        runner = StageRunner(pipeline.build(result.stream), result, meter=meter)
         t_start = time.perf_counter()
         feed = Prefetch(lambda: source, depth=self.prefetch_depth, drop_oldest=live)
         try:
             for packet in feed:
                 for out in runner.push(packet):
-                    count_output(result, out)
+                    count_output(result, out, meter)
                     yield out
                 update_from_source(result, source, feed, t_start)
                 result.tokens_in = encoder_tokens(runner)
                 if self.progress is not None:
                     self.progress(result)
+            finish_meter(result, meter)
         except StreamzipError as err:
             raise err.with_context(input=result.input)
         finally:

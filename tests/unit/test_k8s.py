@@ -152,6 +152,16 @@ JOB = {"kind": "job", "inputs": ["/data/videos/"], "output": "/data/tokens", "da
 LIVE = {"kind": "cluster", "urls": ["rtsp://cam-1.local:554/s"]}
 
 
+def test_missing_crds_fail_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMZIP_KUBERAY_CRDS", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match="no KubeRay CRDs in .*STREAMZIP_KUBERAY_CRDS"):
+        crd_dir()
+    monkeypatch.delenv("STREAMZIP_KUBERAY_CRDS")
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="STREAMZIP_KUBERAY_CRDS is not set"):
+        crd_dir()
+
+
 # -- the checked-in manifests -----------------------------------------------------------------------
 def test_rendered_manifests_are_up_to_date_with_the_generator():
     expected = k8s.default_manifests()
