@@ -37,7 +37,15 @@ import ray.exceptions
 from streamzip._prefetch import Prefetch
 from streamzip.errors import BackendError, StreamzipError
 from streamzip.packets import Packet
-from streamzip.runtime.local import Source, StageRunner, count_output, open_source, update_from_source
+from streamzip.packets import Tokens
+from streamzip.runtime.local import (
+    Source,
+    StageRunner,
+    count_output,
+    is_stream_output,
+    open_source,
+    update_from_source,
+)
 from streamzip.sources._names import stream_name
 from streamzip.sources.file import FileSource
 from streamzip.stats import InputResult, StageStats
@@ -180,6 +188,37 @@ class StageActor:
         return True
 
 
+@ray.remote(num_cpus=0.05, max_restarts=0)
+class MeterActor:
+    """Fidelity of one stream, fed actor-to-actor (the tokens never pass the driver). Calls carry the
+    packet's sequence number, so a replay after a restart is not counted twice."""
+
+    def __init__(self) -> None:
+        from streamzip.operators.fidelity import FidelityMeter
+
+        self.meter = FidelityMeter()
+        self.seen: set[tuple[str, int]] = set()
+
+    def originals(self, seq: int, key: str, packets: list[Packet], modalities: tuple[str, ...]) -> None:
+        if (key, seq) in self.seen:
+            return
+        self.seen.add((key, seq))
+        for p in packets:
+            if isinstance(p, Tokens) and p.modality in modalities and p.meta.get("kind", "tokens") == "tokens":
+                self.meter.add_originals(p)
+
+    def outputs(self, seq: int, packets: list[Packet]) -> None:
+        if ("out", seq) in self.seen:
+            return
+        self.seen.add(("out", seq))
+        for p in packets:
+            if is_stream_output(p):
+                self.meter.add_outputs(p)  # type: ignore[arg-type]
+
+    def result(self) -> float | None:
+        return self.meter.result()["fidelity"]  # type: ignore[no-any-return]
+
+
 _DRIVER_METRICS: dict[str, Any] = {}
 
 
@@ -281,7 +320,7 @@ class RayRuntime:
         """Run the pipeline on any packet source. ``live``: drop the oldest queued media packets
         (counted in ``result.drops``) rather than make the source wait."""
         actors = self._actors_for(pipeline)
-        chain = _Chain(self, actors, result)
+        chain = _Chain(self, actors, result, pipeline)
         t_start = time.perf_counter()
 
         def on_drop(_: Packet) -> None:
@@ -306,6 +345,7 @@ class RayRuntime:
             raise err.with_context(input=result.input)
         finally:
             feed.close()
+            chain.close()
             update_from_source(result, source, feed, t_start)
             result.audio_s = source.stats.audio_samples / pipeline.decode.sample_rate_hz
 
@@ -313,8 +353,12 @@ class RayRuntime:
 class _Chain:
     """The packets of one stream in flight through the actors, with snapshots and replay."""
 
-    def __init__(self, rt: RayRuntime, actors: list[Any], result: InputResult) -> None:
+    def __init__(self, rt: RayRuntime, actors: list[Any], result: InputResult, pipeline: Pipeline) -> None:
+        from streamzip.registry import get as get_stage
+
         self.rt, self.actors, self.result = rt, actors, result
+        self.produces = [tuple(get_stage(step.op).cls.produces) for step in pipeline.steps]
+        self.meter = MeterActor.remote() if pipeline.keep_assignment else None
         self.next_seq = 0
         self.emitted = -1  # highest sequence number whose outputs were passed on
         self.inflight: deque[tuple[int, Any]] = deque()
@@ -330,8 +374,12 @@ class _Chain:
 
     def _send(self, seq: int, ref: Any) -> None:
         r = ref
-        for a in self.actors:
+        for i, a in enumerate(self.actors):
             r = a.push.remote(r)
+            if self.meter is not None and self.produces[i]:
+                self.meter.originals.remote(seq, str(i), r, self.produces[i])
+        if self.meter is not None:
+            self.meter.outputs.remote(seq, r)
         self.inflight.append((seq, r))
         depth = len(self.inflight)
         self.result.max_queue_depth = max(self.result.max_queue_depth, depth)
@@ -417,7 +465,14 @@ class _Chain:
     def collect_stats(self, pipeline: Pipeline) -> None:
         stats = ray.get([a.stats.remote() for a in self.actors])
         self.result.stages = [StageStats(**s) for s in stats]
-        from streamzip.registry import get as get_stage
+        self.result.tokens_in = sum(s.tokens_out for s, p in zip(self.result.stages, self.produces) if p)
+        if self.meter is not None:
+            try:
+                self.result.fidelity = ray.get(self.meter.result.remote())
+            except ray.exceptions.RayError:
+                self.result.fidelity = None  # the meter is best effort: it never fails a run
 
-        produces = [bool(get_stage(step.op).cls.produces) for step in pipeline.steps]
-        self.result.tokens_in = sum(s.tokens_out for s, p in zip(self.result.stages, produces) if p)
+    def close(self) -> None:
+        if self.meter is not None:
+            ray.kill(self.meter)
+            self.meter = None
