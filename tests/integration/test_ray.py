@@ -47,13 +47,18 @@ def assert_same(a: list[Tokens], b: list[Tokens]) -> None:
 @pytest.mark.parametrize("name", builtin_names())
 def test_ray_and_local_give_identical_tokens(name, clip) -> None:  # type: ignore[no-untyped-def]
     pipe = load_pipeline(name)
-    local = tokens_of(LocalRuntime().run(pipe, [clip.path]))
+    lrt = LocalRuntime()
+    local = tokens_of(lrt.run(pipe, [clip.path]))
     rt = RayRuntime()
     try:
         remote = tokens_of(rt.run(pipe, [clip.path]))
     finally:
         rt.shutdown()
     assert_same(local, remote)
+    # The summary agrees too: counts and fidelity (computed actor-to-actor under Ray).
+    a, b = lrt.results[0], rt.results[0]
+    assert (a.tokens_in, a.tokens_out, a.frames) == (b.tokens_in, b.tokens_out, b.frames)
+    assert a.fidelity is not None and b.fidelity == pytest.approx(a.fidelity, abs=1e-6)
 
 
 @pytest.mark.parametrize("victim", [0, -1])
