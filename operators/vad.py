@@ -489,6 +489,10 @@ class VAD(Operator):
                     out.append((self._origin_s + sa / self._rate, self._origin_s + sb / self._rate))
         return out
 
+    def report(self) -> dict[str, Any]:
+        """The speech segments found, ``[[start_s, end_s], …]`` in stream time."""
+        return {"speech_segments": [[a, b] for a, b in self.speech_segments()]}
+
     def drain_segments(self) -> list[tuple[float, float]]:
         """The closed segments so far, forgotten by the operator (for endless streams)."""
         out, self.segments = self.segments, []

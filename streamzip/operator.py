@@ -76,6 +76,11 @@ class Operator:
         """Everything needed to resume, as tensors and plain values."""
         return {}
 
+    def report(self) -> dict[str, Any]:
+        """Plain data about what this stage did, for the manifest and ``streamzip inspect`` (e.g.
+        the speech segments a VAD found). Asked once, at the end of the stream."""
+        return {}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             raise SnapshotError(f"{type(self).__name__} is stateless but got state keys {sorted(state)}",

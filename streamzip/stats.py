@@ -48,6 +48,8 @@ class InputResult:
     restarts: int = 0
     drops: int = 0
     max_queue_depth: int = 0
+    #: each stage's :meth:`~streamzip.operator.Operator.report`, by step id (non-empty ones only).
+    reports: dict[str, Any] = field(default_factory=dict)
     stages: list[StageStats] = field(default_factory=list)
 
     @property

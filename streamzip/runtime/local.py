@@ -103,6 +103,11 @@ def count_output(result: InputResult, packet: Packet, meter: Any = None) -> None
             meter.add_outputs(packet)
 
 
+def collect_reports(stages: Sequence[Operator]) -> dict[str, Any]:
+    """Every stage's non-empty report, by step id."""
+    return {s.step_id: r for s in stages if (r := s.report())}
+
+
 def new_meter(pipeline: Pipeline) -> Any:
     """A fidelity meter when the pipeline keeps provenance, else None."""
     if not pipeline.keep_assignment:
@@ -169,6 +174,7 @@ class LocalRuntime:
                 if self.progress is not None:
                     self.progress(result)
             finish_meter(result, meter)
+            result.reports = collect_reports(runner.stages)
         except StreamzipError as err:
             raise err.with_context(input=result.input)
         finally:

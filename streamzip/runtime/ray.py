@@ -184,6 +184,10 @@ class StageActor:
         assert self.runner is not None
         return self.runner.stats[0].to_dict()
 
+    def report(self) -> dict[str, Any]:
+        assert self.runner is not None
+        return self.runner.stages[0].report()
+
     def ping(self) -> bool:
         return True
 
@@ -466,6 +470,8 @@ class _Chain:
         stats = ray.get([a.stats.remote() for a in self.actors])
         self.result.stages = [StageStats(**s) for s in stats]
         self.result.tokens_in = sum(s.tokens_out for s, p in zip(self.result.stages, self.produces) if p)
+        reports = ray.get([a.report.remote() for a in self.actors])
+        self.result.reports = {st.step_id: r for st, r in zip(self.result.stages, reports) if r}
         if self.meter is not None:
             try:
                 self.result.fidelity = ray.get(self.meter.result.remote())
