@@ -138,7 +138,7 @@ def write_output(out_dir: str | os.PathLike[str], name: str, packets: Iterable[T
         groups[g] = {"num_tokens": int(tensors[f"{g}.data"].shape[0]), "dim": dim,
                      "num_packets": len(parts), "assignment": has_assign}
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION,
-           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
            "versions": versions(), **(manifest or {}), "groups": groups, "packets": entries}
     tmp = out_dir / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

@@ -15,7 +15,7 @@ round-trips through safetensors + JSON without pickle. Times are seconds of medi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -197,4 +197,4 @@ class Tokens:
         return self
 
 
-Packet = Union[VideoFrames, AudioChunk, Tokens, Gap, End]
+Packet = VideoFrames | AudioChunk | Tokens | Gap | End

@@ -322,7 +322,7 @@ def load_pipeline(name_or_path: str | os.PathLike[str]) -> Pipeline:
     text = os.fspath(name_or_path)
     if os.path.exists(text) or text.endswith((".yaml", ".yml")) or "\n" in text:
         return Pipeline.from_yaml(text)
-    from streamzip.pipelines import builtin_path, builtin_names
+    from streamzip.pipelines import builtin_names, builtin_path
 
     path = builtin_path(text)
     if path is None:

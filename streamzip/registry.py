@@ -23,7 +23,7 @@ __all__ = ["ENTRY_POINT_GROUP", "StageInfo", "available", "get", "register"]
 ENTRY_POINT_GROUP = "streamzip.operators"
 _BUILTIN_MODULES = ("streamzip.encoders", "streamzip.operators")
 
-O = TypeVar("O", bound=type[Operator])
+OpT = TypeVar("OpT", bound=type[Operator])
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,10 @@ _REGISTRY: dict[str, StageInfo] = {}
 _loaded = False
 
 
-def register(name: str, *, kind: str = "operator") -> Callable[[O], O]:
+def register(name: str, *, kind: str = "operator") -> Callable[[OpT], OpT]:
     """Class decorator: make an :class:`Operator` subclass available as ``name``."""
 
-    def deco(cls: O) -> O:
+    def deco(cls: OpT) -> OpT:
         if not (isinstance(cls, type) and issubclass(cls, Operator)):
             raise TypeError(f"@register({name!r}) decorates Operator subclasses, got {cls!r}")
         existing = _REGISTRY.get(name)

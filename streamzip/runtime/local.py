@@ -73,7 +73,8 @@ class StageRunner:
             else:
                 outs = [packet]
         except StreamzipError as err:
-            raise err.with_context(input=self.result.input, stage=stage.step_id, time_s=packet_time(packet))
+            err.with_context(input=self.result.input, stage=stage.step_id, time_s=packet_time(packet))
+            raise
         except Exception as err:
             err.add_note(f"streamzip: in stage {stage.step_id!r} ({type(stage).__name__}) of input "
                          f"{self.result.input!r} at {packet_time(packet)} s")
@@ -176,7 +177,8 @@ class LocalRuntime:
             finish_meter(result, meter)
             result.reports = collect_reports(runner.stages)
         except StreamzipError as err:
-            raise err.with_context(input=result.input)
+            err.with_context(input=result.input)
+            raise
         finally:
             feed.close()
             update_from_source(result, source, feed, t_start)

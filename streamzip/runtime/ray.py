@@ -36,8 +36,7 @@ import ray.exceptions
 
 from streamzip._prefetch import Prefetch
 from streamzip.errors import BackendError, StreamzipError
-from streamzip.packets import Packet
-from streamzip.packets import Tokens
+from streamzip.packets import Packet, Tokens
 from streamzip.runtime.local import (
     Source,
     StageRunner,
@@ -104,9 +103,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         _check_reachable(address)
     try:
         if address:
-            ray.init(address=address, log_to_driver=False, logging_level="warning")
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="warning",
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                      _node_ip_address="127.0.0.1")
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as err:
         where = f"at {address!r}" if address else "embedded on this machine"
@@ -346,7 +345,8 @@ class RayRuntime:
                 yield from chain.complete_oldest()
             chain.collect_stats(pipeline)
         except StreamzipError as err:
-            raise err.with_context(input=result.input)
+            err.with_context(input=result.input)
+            raise
         finally:
             feed.close()
             chain.close()

@@ -88,7 +88,7 @@ def test_a_file_source_waits_for_the_slowest_stage(clip) -> None:  # type: ignor
     pipe = load_pipeline("patch_only")
     try:
         received = 0
-        for p in rt.run(pipe, [clip.path]):
+        for _ in rt.run(pipe, [clip.path]):
             received += 1
             # The source never runs more than max_inflight packets ahead of what came out.
             assert len(submitted) <= received + 2 + 1

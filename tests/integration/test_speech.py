@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from streamzip.operators.atome import ATome
-from streamzip.operators.vad import VAD, VADConfig
 
 from streamzip.encoders.fbank import FbankEncoder
+from streamzip.operators.atome import ATome
+from streamzip.operators.vad import VAD, VADConfig
 from streamzip.packets import AudioChunk, Tokens
 from streamzip.pipeline import Pipeline
 from streamzip.tokens import cat
