@@ -18,8 +18,12 @@ which event occurred in it. Chance is ``1/C``.
 The training-free memory keeps what is *typical* (it merges similar neighbours); the task needs what
 is *relevant* (one token in n), which only a trained write can learn to keep. Run::
 
-    python examples/train_ttm.py            # ~2 min on 2 CPU cores
-    python examples/train_ttm.py --steps 300 --memory-tokens 4
+    python examples/train_ttm.py            # about a minute on one CPU core
+    python examples/train_ttm.py --seed 2 --memory-tokens 8 --steps 1600
+
+With the defaults (12 memory tokens for 8 windows of 8 tokens, 1200 steps) the learned write reaches
+0.99-1.00 accuracy on seeds 0-4 and the training-free one 0.65-0.69; with 8 memory tokens (one per window,
+no slack) training sometimes settles at ~0.6 (seed 1).
 """
 
 from __future__ import annotations
@@ -136,8 +140,8 @@ def training_free_accuracy(task: Task, events: torch.Tensor, x: torch.Tensor, y:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--memory-tokens", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--memory-tokens", type=int, default=12)
     ap.add_argument("--eval", type=int, default=512, help="test sequences (the training-free memory runs 128 at most)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
