@@ -61,7 +61,8 @@ import torch
 from streamzip.config import Config
 from streamzip.errors import SnapshotError, TokenError
 from streamzip.operator import Operator
-from streamzip.operators.window import plan_adjacent_merges, tokens_from_state, tokens_to_state
+from streamzip.operators.window import plan_adjacent_merges
+from streamzip.tokens import tokens_from_state, tokens_to_state
 from streamzip.packets import AUDIO, VIDEO, Gap, Packet, Tokens
 from streamzip.registry import register
 from streamzip.tokens import cat, merge_groups, take

@@ -55,7 +55,7 @@ from streamzip.errors import SnapshotError
 from streamzip.operator import Operator
 from streamzip.packets import AUDIO, VIDEO, Gap, Packet, Tokens
 from streamzip.registry import register
-from streamzip.tokens import cat, merge_groups, take
+from streamzip.tokens import cat, merge_groups, take, tokens_from_state, tokens_to_state
 from streamzip.windows import WindowBuffer, window_bounds, window_of
 
 __all__ = [
@@ -224,35 +224,6 @@ def reduce_window(tokens: Tokens, max_tokens: int) -> Tokens:
 
 
 # -- plain-data snapshots of packets ----------------------------------------------------------------
-_TENSOR_FIELDS = ("data", "t0", "t1", "pos", "size", "src", "assignment", "score")
-
-
-def tokens_to_state(tokens: Tokens) -> dict[str, Any]:
-    """A :class:`Tokens` packet as tensors and plain values (for ``state_dict``)."""
-    out: dict[str, Any] = {"stream": tokens.stream, "modality": tokens.modality, "meta": dict(tokens.meta)}
-    for name in _TENSOR_FIELDS:
-        value = getattr(tokens, name)
-        if value is not None:
-            out[name] = value.clone()
-    return out
-
-
-def tokens_from_state(state: dict[str, Any]) -> Tokens:
-    """The inverse of :func:`tokens_to_state`."""
-    def get(name: str) -> Any:
-        return state[name].clone() if name in state else None
-
-    try:
-        tokens = Tokens(stream=state["stream"], modality=state["modality"], data=state["data"].clone(),
-                        t0=state["t0"].clone(), t1=state["t1"].clone(), pos=state["pos"].clone(),
-                        size=state["size"].clone(), src=get("src"), assignment=get("assignment"),
-                        score=get("score"), meta=dict(state.get("meta", {})))
-    except (KeyError, TypeError, AttributeError) as err:
-        raise SnapshotError(f"a saved token packet is incomplete ({err!r})",
-                            fix="resume from a snapshot written by this version") from err
-    return tokens.check(stage="snapshot")
-
-
 # -- streaming operator --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class WindowConfig(Config):
@@ -407,7 +378,7 @@ class Window(Operator):
         for modality, lane in self._lanes.items():
             buf = lane.buffer.state_dict()
             lanes[modality] = {
-                "stream": lane.stream, "current": buf["current"], "parts": [tokens_to_state(p) for p in buf["parts"]],
+                "stream": lane.stream, "current": buf["current"], "parts": buf["parts"],
                 "next_window": lane.next_window, "dim": lane.dim, "with_assignment": lane.with_assignment,
                 "late": [tokens_to_state(p) for p in lane.late],
             }
@@ -424,8 +395,7 @@ class Window(Operator):
             for modality, s in state["lanes"].items():
                 lane = _Lane(self.config.window_s, str(s["stream"]), int(s["next_window"]), int(s["dim"]),
                              bool(s["with_assignment"]))
-                lane.buffer.load_state_dict({"current": s["current"],
-                                             "parts": [tokens_from_state(p) for p in s["parts"]]})
+                lane.buffer.load_state_dict({"current": s["current"], "parts": s["parts"]})
                 lane.late = [tokens_from_state(p) for p in s["late"]]
                 lanes[modality] = lane
             clock_start, clock_last = state["clock_start"], state["clock_last"]

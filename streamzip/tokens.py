@@ -9,13 +9,15 @@ stay true averages of the original tokens (the ToMe ``size`` trick). It also kee
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from streamzip.errors import TokenError
+from streamzip.errors import SnapshotError, TokenError
 from streamzip.packets import Tokens
 
-__all__ = ["cat", "cosine_to_represented", "merge_groups", "take", "with_fresh_assignment"]
+__all__ = ["cat", "cosine_to_represented", "merge_groups", "take", "tokens_from_state", "tokens_to_state",
+           "with_fresh_assignment"]
 
 
 def cat(parts: Sequence[Tokens], *, stream: str | None = None, modality: str | None = None,
@@ -118,9 +120,13 @@ def merge_groups(tokens: Tokens, group: torch.Tensor) -> Tokens:
     out_of_token = torch.where(kept, new_id_of_old[group.clamp(min=0)], torch.full_like(group, -1))
 
     k = out_of_token[kept]
-    w = tokens.size[kept].to(torch.float32)
     acc = torch.zeros(num_out, tokens.dim, dtype=torch.float32)
-    acc.index_add_(0, k, tokens.data[kept].to(torch.float32) * w.unsqueeze(1))
+    # In blocks of rows: one weighted copy of a large window (10⁵+ tokens) would double its memory.
+    rows = kept.nonzero().squeeze(1)
+    for s in range(0, rows.numel(), 65536):
+        r = rows[s:s + 65536]
+        w = tokens.size[r].to(torch.float32).unsqueeze(1)
+        acc.index_add_(0, out_of_token[r], tokens.data[r].to(torch.float32) * w)
     size = torch.zeros(num_out, dtype=torch.int64).index_add_(0, k, tokens.size[kept])
     data = acc / size.clamp(min=1).to(torch.float32).unsqueeze(1)
     t0 = torch.full((num_out,), float("inf"), dtype=torch.float64).scatter_reduce(
@@ -165,3 +171,33 @@ def cosine_to_represented(originals: torch.Tensor, tokens: Tokens, positions: to
         orig = originals[live].to(torch.float32)
         out[live] = torch.nn.functional.cosine_similarity(orig, rep, dim=1, eps=1e-12)
     return out
+
+
+_TENSOR_FIELDS = ("data", "t0", "t1", "pos", "size", "src", "assignment", "score")
+
+
+def tokens_to_state(tokens: Tokens) -> dict[str, Any]:
+    """A :class:`Tokens` packet as tensors and plain values (for ``state_dict``)."""
+    out: dict[str, Any] = {"stream": tokens.stream, "modality": tokens.modality, "meta": dict(tokens.meta)}
+    for name in _TENSOR_FIELDS:
+        value = getattr(tokens, name)
+        if value is not None:
+            out[name] = value.clone()
+    return out
+
+
+def tokens_from_state(state: dict[str, Any]) -> Tokens:
+    """The inverse of :func:`tokens_to_state`."""
+
+    def get(name: str) -> Any:
+        return state[name].clone() if name in state else None
+
+    try:
+        tokens = Tokens(stream=state["stream"], modality=state["modality"], data=state["data"].clone(),
+                        t0=state["t0"].clone(), t1=state["t1"].clone(), pos=state["pos"].clone(),
+                        size=state["size"].clone(), src=get("src"), assignment=get("assignment"),
+                        score=get("score"), meta=dict(state.get("meta", {})))
+    except (KeyError, TypeError, AttributeError) as err:
+        raise SnapshotError(f"a saved token packet is incomplete ({err!r})",
+                            fix="resume from a snapshot written by this version") from err
+    return tokens.check(stage="snapshot")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from streamzip.packets import Tokens
-from streamzip.tokens import cat, take
+from streamzip.tokens import cat, take, tokens_from_state, tokens_to_state
 
 __all__ = ["WindowBuffer", "window_bounds", "window_of"]
 
@@ -75,8 +75,8 @@ class WindowBuffer:
         return [(w, tokens)]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"current": self._current, "parts": list(self._parts)}
+        return {"current": self._current, "parts": [tokens_to_state(p) for p in self._parts]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._current = state["current"]
-        self._parts = list(state["parts"])
+        self._parts = [tokens_from_state(p) for p in state["parts"]]
