@@ -55,13 +55,21 @@ def check_provenance(out: Tokens, num_originals: int) -> None:
 
 # -- uniform sampling -----------------------------------------------------------------------------
 
-def test_uniform_sampling_keeps_evenly_spaced_frames_and_drops_the_rest() -> None:
+def test_uniform_sampling_keeps_evenly_spaced_frames_standing_for_their_neighbours() -> None:
     tok = make(frame_values(8, 4))
     out = uniform_sampling(tok, 8)
     assert out.data[:, 0].tolist() == [2.0] * 4 + [6.0] * 4      # segment centres of 8 frames in 2
     assert torch.equal(out.data, torch.cat([tok.data[8:12], tok.data[24:28]]))  # copied, not re-averaged
-    assert out.assignment.tolist() == [-1] * 8 + [0, 1, 2, 3] + [-1] * 12 + [4, 5, 6, 7] + [-1] * 4
+    # frames 0-4 are nearest to frame 2 (frame 4 ties and goes to the earlier), 5-7 to frame 6
+    assert out.assignment.tolist() == [0, 1, 2, 3] * 5 + [4, 5, 6, 7] * 3
+    assert out.size.tolist() == [5] * 4 + [3] * 4
+    assert out.t0.tolist() == [0.0] * 4 + [2.5] * 4 and out.t1.tolist() == [2.5] * 4 + [4.0] * 4
     check_provenance(out, 32)
+    dropped = uniform_sampling(tok, 8, drop=True)
+    assert torch.equal(dropped.data, out.data)
+    assert dropped.assignment.tolist() == [-1] * 8 + [0, 1, 2, 3] + [-1] * 12 + [4, 5, 6, 7] + [-1] * 4
+    assert dropped.size.tolist() == [1] * 8
+    check_provenance(dropped, 32)
     assert uniform_sampling(tok, 32) is tok
     strided = uniform_sampling(tok, 32, stride=3)
     assert strided.data[:, 0].unique().tolist() == [0.0, 3.0, 6.0]
@@ -70,6 +78,8 @@ def test_uniform_sampling_keeps_evenly_spaced_frames_and_drops_the_rest() -> Non
 def test_uniform_sampling_below_one_frame_takes_tokens_of_the_middle_frame() -> None:
     out = uniform_sampling(make(frame_values(8, 4)), 2)
     assert out.data.tolist() == [[4.0, 1.0], [4.0, 3.0]]
+    assert out.size.tolist() == [8, 8]  # positions 1 and 3 of every frame; the others are dropped
+    assert int((out.assignment == -1).sum()) == 16
 
 
 # -- spatial pooling ------------------------------------------------------------------------------

@@ -1,0 +1,161 @@
+"""Does DPC-KNN on FAISS scale past the O(N²) reference?
+
+1. N = 4096 and 16384 tokens of D = 1024 (random blobs of varied widths; 1024 blobs, more than the 256
+   clusters asked, is the hard case; 64 blobs the easy one): the plain O(N²) torch version of the
+   same formulas (Chat-UniVi's ``cluster_dpc_knn`` with the engine's tie and densest-token rules)
+   against :func:`streamzip.operators.dpc_knn.plan_clusters` with each search (``flat`` exact, ``ivf``,
+   ``hnsw``), in one run: wall time, speed-up, and the fraction of tokens assigned to the same centre.
+2. N = 262144, D = 1024 (1 GiB of tokens) with ``ivf``, the whole window kernel (plan + size-weighted
+   merge to 256 tokens) in a subprocess: wall time and peak RSS (``ru_maxrss``; importing torch alone
+   takes about 0.7 GB of it).
+
+Goals: >= 10x faster than the reference at N = 16384; N = 262144 finishes with peak RSS < 4 GB.
+Exact search cannot reach the first goal on CPU: the reference's cost is the same N²·D matrix product
+FAISS's brute force does, so ``flat`` gains only the reference's extra N² passes; ``ivf`` is the option
+that trades agreement for speed. Run: ``python benchmarks/dpc_knn.py`` (about 6 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import median_time, write_result  # noqa: E402
+
+from streamzip.operators.dpc_knn import apply_clusters, plan_clusters  # noqa: E402
+from streamzip.packets import Tokens  # noqa: E402
+from streamzip.tokens import with_fresh_assignment  # noqa: E402
+
+DIM = 1024
+NUM_CLUSTERS = 256
+
+
+def clustered(n: int, d: int = DIM, *, blobs: int = 1024, seed: int = 0) -> torch.Tensor:
+    """``(n, d)`` tokens around ``blobs`` centres of varied widths (more blobs than clusters asked, so
+    the clustering has real choices to make); built in chunks to keep memory at one copy."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(blobs, d, generator=g)
+    width = 0.3 + 0.6 * torch.rand(blobs, 1, generator=g)
+    label = torch.randint(0, blobs, (n,), generator=g)
+    x = torch.empty(n, d)
+    for s in range(0, n, 8192):
+        lab = label[s:s + 8192]
+        x[s:s + lab.numel()] = centres[lab] + width[lab] * torch.randn(lab.numel(), d, generator=g)
+    return x
+
+
+def reference(x: torch.Tensor, num_clusters: int, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """O(N²) DPC-KNN on the full distance matrix (float32, as Chat-UniVi); (centres, assignment)."""
+    n, d = x.shape
+    dist = torch.cdist(x, x) / math.sqrt(d)
+    density = torch.exp(-(torch.topk(dist, k, dim=1, largest=False).values ** 2).mean(1))
+    order = torch.sort(density, descending=True, stable=True).indices
+    rank = torch.empty(n, dtype=torch.int64)
+    rank[order] = torch.arange(n)
+    denser = rank.unsqueeze(0) < rank.unsqueeze(1)
+    delta = torch.where(denser, dist, torch.full_like(dist, math.inf)).min(1).values
+    delta[order[0]] = dist[order[0]].max()
+    centres = torch.sort(density * delta, descending=True, stable=True).indices[:num_clusters]
+    assign = dist[:, centres].argmin(1)
+    assign[centres] = torch.arange(num_clusters)
+    return centres, assign
+
+
+def compare(n: int, repeats: int, blobs: int) -> dict:
+    x = clustered(n, blobs=blobs)
+    got: dict = {}
+
+    def run(name: str, fn) -> float:  # type: ignore[no-untyped-def]
+        def call() -> None:
+            got[name] = fn()
+        return median_time(call, repeats)[0]
+
+    ref_s = run("reference", lambda: reference(x, NUM_CLUSTERS))
+    centres, assign = got["reference"]
+    row: dict = {"n": n, "dim": DIM, "blobs": blobs, "clusters": NUM_CLUSTERS, "reference_s": round(ref_s, 3),
+                 "faiss": {}}
+    for kind in ("flat", "ivf", "hnsw"):
+        secs = run(kind, lambda: plan_clusters(x, NUM_CLUSTERS, 5, index=kind))  # noqa: B023
+        plan = got[kind]
+        agree = (plan.centers[plan.assign] == centres[assign]).double().mean().item()
+        row["faiss"][kind] = {"seconds": round(secs, 3), "speedup": round(ref_s / secs, 2),
+                              "assignment_agreement": round(agree, 5),
+                              "same_centres": len(set(plan.centers.tolist()) & set(centres.tolist()))}
+        print(f"N={n} blobs={blobs} {kind}: {secs:.2f}s vs reference {ref_s:.2f}s -> {ref_s / secs:.1f}x, agreement {agree:.4f}",
+              flush=True)
+    return row
+
+
+def child(n: int, index: str) -> None:
+    """Runs in a subprocess: the whole window kernel on n tokens; prints time and peak RSS as JSON."""
+    x = clustered(n)
+    t0 = torch.arange(n, dtype=torch.float64) / 196 * 0.5  # 196 tokens per frame at 2 fps
+    tokens = with_fresh_assignment(Tokens("s", "video", x, t0, t0 + 0.5, torch.zeros(n, 2, dtype=torch.int32),
+                                          torch.ones(n, dtype=torch.int64)), 0)
+    def peak_gb() -> float:
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)  # ru_maxrss is in KiB
+
+    data_rss = peak_gb()
+    start = time.perf_counter()
+    plan = plan_clusters(tokens.data, NUM_CLUSTERS, 5, index=index)  # type: ignore[arg-type]
+    plan_s, plan_rss = time.perf_counter() - start, peak_gb()
+    out = apply_clusters(tokens, plan)
+    secs = time.perf_counter() - start
+    print(json.dumps({"n": n, "dim": DIM, "index": index, "seconds": round(secs, 2), "plan_seconds": round(plan_s, 2),
+                      "tokens_out": out.num_tokens, "sizes_sum": int(out.size.sum()),
+                      "data_gib": round(x.numel() * 4 / 2**30, 3), "rss_after_data_gb": data_rss,
+                      "rss_after_plan_gb": plan_rss, "peak_rss_gb": peak_gb(), "vm_hwm_gb": _vm_hwm_gb()}))
+
+
+def _vm_hwm_gb() -> float | None:
+    """This process image's own peak RSS (``VmHWM``; ``ru_maxrss`` survives exec and can carry over a
+    forking parent's peak, which is why the scale run is started before the parent grows)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1e6, 3)
+    except OSError:
+        pass
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--index", default="ivf", help=argparse.SUPPRESS)
+    ap.add_argument("--large", type=int, default=262144, help="token count of the scale run")
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.index)
+        return
+    # The scale run first, while this process is small (see _vm_hwm_gb).
+    proc = subprocess.run([sys.executable, __file__, "--child", str(args.large), "--index", "ivf"],
+                          capture_output=True, text=True, check=True)
+    large = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"N={args.large} ivf: {large['seconds']}s, peak RSS {large['peak_rss_gb']} GB", flush=True)
+    # 1024 blobs (more than the 256 clusters asked: a hard, ambiguous clustering) and 64 (an easy one)
+    rows = [compare(4096, 3, 1024), compare(16384, 1, 1024), compare(16384, 1, 64)]
+    at = {f"{kind}_{r['blobs']}_blobs": v for r in rows[1:] for kind, v in r["faiss"].items()}
+    write_result("dpc_knn", {
+        "question": "DPC-KNN on FAISS vs the O(N^2) torch reference, and scale to 262144 tokens",
+        "compare": rows,
+        "large": large,
+        "goals": {
+            "speedup_at_16384_ge_10x": {k: v["speedup"] >= 10 for k, v in at.items()},
+            "large_peak_rss_lt_4gb": large["peak_rss_gb"] < 4.0,
+        },
+    })
+
+
+if __name__ == "__main__":
+    main()
