@@ -93,6 +93,29 @@ def quiet_ray_logs() -> None:
                 handler.addFilter(_QuietRay())
 
 
+def _init_on_loopback(num_cpus: int | None) -> None:
+    """Start Ray embedded with every service bound to 127.0.0.1.
+
+    Ray turns an explicit 127.0.0.1 into the machine's routable address, except where it treats the
+    machine as a single-node laptop install; we ask for that behaviour while the node starts (Ray is
+    pinned in pyproject.toml, and a test checks the addresses it ends up with)."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 _node_ip_address="127.0.0.1")
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def embedded_addresses() -> list[str]:
+    """The addresses the running Ray node listens on (GCS and this node's IP), for checks."""
+    node = ray._private.worker.global_worker.node
+    return [node.gcs_address, node.node_ip_address]
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
     """Start embedded Ray (loopback only) or join the cluster at ``address``; no-op if running."""
     if ray.is_initialized():
@@ -105,8 +128,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                     _node_ip_address="127.0.0.1")
+            _init_on_loopback(num_cpus)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as err:
         where = f"at {address!r}" if address else "embedded on this machine"
         fix = ("check the address (ray://host:10001 or host:6379, or 'auto' on a cluster node) and that "
@@ -276,10 +298,11 @@ class RayRuntime:
         self.shutdown()
         fns = {i: s.fn for i, s in enumerate(pipeline.steps) if s.fn is not None}
         resources = pipeline.resources()
+        scale = self._cpu_scale(sum(r.get("num_cpus", 0.25) for r in resources.values()))
         actors = []
         for i, step in enumerate(pipeline.steps):
             res = resources[step.id]
-            opts: dict[str, Any] = {"num_cpus": res.get("num_cpus", 0.25), "name": None}
+            opts: dict[str, Any] = {"num_cpus": res.get("num_cpus", 0.25) * scale, "name": None}
             if res.get("num_gpus"):
                 opts["num_gpus"] = res["num_gpus"]
             if res.get("memory_mb"):
@@ -288,6 +311,15 @@ class RayRuntime:
             actors.append(StageActor.options(**opts).remote(spec, fns, i))
         self._actors, self._spec = actors, spec
         return actors
+
+    def _cpu_scale(self, wanted: float) -> float:
+        """On embedded Ray, shrink the stages' CPU requests to fit this machine: a CPU request is a
+        scheduling share, and a pipeline asking 2.5 CPUs must still run on 2 cores. On a cluster the
+        requests stand (the autoscaler adds nodes)."""
+        if self.address:
+            return 1.0
+        have = float(ray.cluster_resources().get("CPU", 1.0)) * 0.9  # room for the meter and the driver
+        return min(1.0, have / wanted) if wanted > 0 else 1.0
 
     def shutdown(self) -> None:
         """Kill this runtime's actors (Ray itself keeps running)."""
@@ -371,7 +403,16 @@ class _Chain:
         self.committed: tuple[int, list[Any]] | None = None
 
     def reset(self) -> None:
-        ray.get([a.reset.remote(self.result.stream, self.result.input) for a in self.actors])
+        refs = [a.reset.remote(self.result.stream, self.result.input) for a in self.actors]
+        try:
+            ray.get(refs, timeout=self.rt.restart_timeout_s * 2)
+        except ray.exceptions.GetTimeoutError as err:
+            have = ray.available_resources()
+            raise BackendError(
+                f"the stage actors could not start within {self.rt.restart_timeout_s * 2:.0f} s "
+                f"(Ray has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs free)",
+                input=self.result.input, stage="runtime",
+                fix="lower the steps' `resources` in the pipeline, or join a larger cluster with --address") from err
 
     def inflight_count(self) -> int:
         return len(self.inflight)

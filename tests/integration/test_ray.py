@@ -153,3 +153,10 @@ def test_a_dying_worker_costs_only_its_input(tmp_path) -> None:  # type: ignore[
     errors = [json.loads(x) for x in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert len(errors) == 1 and "color" in errors[0]["input"] and errors[0]["error_type"] == "WorkerDied"
     assert any((tmp_path / "out" / d / "manifest.json").is_file() for d in os.listdir(tmp_path / "out"))
+
+
+def test_embedded_ray_listens_on_loopback_only() -> None:
+    from streamzip.runtime.ray import embedded_addresses
+
+    gcs, node_ip = embedded_addresses()
+    assert gcs.startswith("127.0.0.1:") and node_ip == "127.0.0.1"
