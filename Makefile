@@ -35,7 +35,7 @@ lint: setup
 	$(BIN)/mypy streamzip operators
 
 bench: setup
-	$(BIN)/python benchmarks/decode.py
+	$(BIN)/streamzip bench --out docs/benchmarks.md
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .hypothesis build dist *.egg-info

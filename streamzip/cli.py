@@ -338,8 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--seed", type=int, default=0)
     y.set_defaults(func=_cmd_synth)
 
+    from streamzip.bench import add_cli as add_bench_cli
+    from streamzip.inspect import add_cli as add_inspect_cli
     from streamzip.k8s import add_cli as add_k8s_cli
 
+    add_inspect_cli(sub)
+    add_bench_cli(sub)
     add_k8s_cli(sub)
     return p
 
