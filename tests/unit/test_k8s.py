@@ -9,6 +9,7 @@ strict field validation is: an object schema with ``properties`` takes no other 
 from __future__ import annotations
 
 import argparse
+import math
 import functools
 import os
 import re
@@ -393,7 +394,8 @@ def test_a_step_override_changes_the_worker_size():
     pipe.steps[0].resources = {"num_cpus": 2.0, "memory_mb": 3000}
     heavier = k8s.plan_resources(pipe, k8s.OVERLAYS["prod"])
     assert base.cpu is not None and heavier.cpu is not None
-    assert heavier.cpu.num_cpus == 8 * (2.0 + k8s.SOURCE_RESOURCES["num_cpus"]) > base.cpu.num_cpus
+    per_stream = sum(r.get("num_cpus", 0.0) for r in pipe.resources().values()) + k8s.SOURCE_RESOURCES["num_cpus"]
+    assert heavier.cpu.num_cpus == math.ceil(heavier.cpu.streams * per_stream) > base.cpu.num_cpus
     assert heavier.cpu.memory_mb > base.cpu.memory_mb
 
 
@@ -539,7 +541,9 @@ def test_valid_pipeline_reaches_batch_with_its_words_intact(tmp_path):
     done = subprocess.run(command, shell=True, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     calls = log.read_text().splitlines()
-    batch = [a.replace(k8s.PIPELINE_PATH, str(good)) for a in k8s.batch_argv(inputs, "/data/out")[1:]]
+    plan = k8s.plan_resources(load_pipeline("default"), k8s.OVERLAYS["dev"], kind="job")
+    cpus = plan.task.num_cpus if plan.task is not None else 1.0
+    batch = [a.replace(k8s.PIPELINE_PATH, str(good)) for a in k8s.batch_argv(inputs, "/data/out", cpus)[1:]]
     assert calls == [f"[validate][{good}]", "".join(f"[{a}]" for a in batch)]
 
 
