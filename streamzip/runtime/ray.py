@@ -224,6 +224,9 @@ class MeterActor:
     packet's sequence number, so a replay after a restart is not counted twice."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         from streamzip.operators.fidelity import FidelityMeter
 
         self.meter = FidelityMeter()
@@ -292,6 +295,7 @@ class RayRuntime:
         self.on_packet = on_packet
         self.results: list[InputResult] = []
         self._actors: list[Any] = []
+        self._meter: Any = None
         self._spec: dict[str, Any] | None = None
 
     # -- actors -------------------------------------------------------------------------------
@@ -316,6 +320,8 @@ class RayRuntime:
             threads = max(1, int(res.get("num_cpus", 0.25)))
             actors.append(StageActor.options(**opts).remote(spec, fns, i, threads))
         self._actors, self._spec = actors, spec
+        # One fidelity meter per runtime, reset per input (an actor start costs a second or two).
+        self._meter = MeterActor.remote() if pipeline.keep_assignment else None
         return actors
 
     def _cpu_scale(self, wanted: float) -> float:
@@ -330,12 +336,12 @@ class RayRuntime:
 
     def shutdown(self) -> None:
         """Kill this runtime's actors (Ray itself keeps running)."""
-        for a in self._actors:
+        for a in [*self._actors, *([self._meter] if self._meter is not None else [])]:
             try:
                 ray.kill(a, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-        self._actors, self._spec = [], None
+        self._actors, self._meter, self._spec = [], None, None
 
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
         try:
@@ -401,7 +407,7 @@ class _Chain:
 
         self.rt, self.actors, self.result = rt, actors, result
         self.produces = [tuple(get_stage(step.op).cls.produces) for step in pipeline.steps]
-        self.meter = MeterActor.remote() if pipeline.keep_assignment else None
+        self.meter = rt._meter
         self.next_seq = 0
         self.emitted = -1  # highest sequence number whose outputs were passed on
         self.inflight: deque[tuple[int, Any]] = deque()
@@ -411,6 +417,8 @@ class _Chain:
 
     def reset(self) -> None:
         refs = [a.reset.remote(self.result.stream, self.result.input) for a in self.actors]
+        if self.meter is not None:
+            refs.append(self.meter.reset.remote())
         try:
             ray.get(refs, timeout=self.rt.restart_timeout_s * 2)
         except ray.exceptions.GetTimeoutError as err:
@@ -527,6 +535,4 @@ class _Chain:
                 self.result.fidelity = None  # the meter is best effort: it never fails a run
 
     def close(self) -> None:
-        if self.meter is not None:
-            ray.kill(self.meter)
-            self.meter = None
+        self.meter = None  # the runtime owns it
