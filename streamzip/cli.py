@@ -341,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     from streamzip.bench import add_cli as add_bench_cli
     from streamzip.inspect import add_cli as add_inspect_cli
     from streamzip.k8s import add_cli as add_k8s_cli
+    from streamzip.live import add_cli as add_live_cli
 
+    add_live_cli(sub)
     add_inspect_cli(sub)
     add_bench_cli(sub)
     add_k8s_cli(sub)

@@ -9,7 +9,10 @@ builtin a caller would naturally catch (as PyAV does), so ``except ValueError`` 
     │   ├── InputNotFoundError (FileNotFoundError)  the path does not exist
     │   ├── NotMediaError                           no container FFmpeg can read (random bytes, empty file)
     │   ├── NoStreamError                           the container lacks a stream the pipeline needs
-    │   └── CorruptMediaError                       the media broke while decoding and nothing usable came out
+    │   ├── CorruptMediaError                       the media broke while decoding and nothing usable came out
+    │   ├── RtspError (streamzip.sources.rtsp)      a camera: StreamNotFoundError, StreamAuthError,
+    │   │                                           SourceUnreachableError, StreamTimeoutError
+    │   └── MicError (streamzip.sources.mic)        a microphone device cannot be opened
     ├── TokenError             (ValueError)         tokens an operator cannot take (NaN, a changed dimension…)
     ├── SnapshotError          (ValueError)         a state_dict from another config or version
     ├── DependencyError        (ImportError)        an optional dependency is missing; names the extra

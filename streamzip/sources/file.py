@@ -3,7 +3,8 @@
 Video is sampled to a target fps and scaled inside FFmpeg by one long-lived ``VideoReformatter``
 (a per-frame ``frame.reformat()`` would build a new swscale context every time, 30–40 % slower), with
 threaded decode. Audio is decoded packet by packet, so a corrupt packet is skipped and counted instead
-of ending the input, and resampled to mono at ``sample_rate_hz`` by one long-lived resampler.
+of ending the input, and resampled to mono at ``sample_rate_hz`` by one long-lived resampler. That
+machinery is shared with the live sources: :mod:`streamzip.sources._decode`.
 
 Times are seconds from the container's start, taken from pts (missing pts are estimated from the
 previous frame, pts that go backwards are clamped and counted), so audio and video share one clock.
@@ -13,21 +14,18 @@ several outputs with ``[out0]``/``[out1]`` labels).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import av
 import av.error
-import numpy as np
-import torch
-from av.video.reformatter import VideoReformatter
 
 from streamzip.config import Config
 from streamzip.errors import CorruptMediaError, InputNotFoundError, NoStreamError, NotMediaError
-from streamzip.packets import AudioChunk, End, Packet, VideoFrames
+from streamzip.packets import End, Packet
+from streamzip.sources._decode import AudioCollector, SourceStats, VideoSampler
 from streamzip.sources._names import display_name
 
 __all__ = ["DecodeConfig", "FileSource", "SourceStats"]
@@ -80,20 +78,6 @@ class DecodeConfig(Config):
             yield "audio_chunk_s", f"must be in [0.01, 60], got {self.audio_chunk_s}"
         if not 0 <= self.threads <= 64:
             yield "threads", f"must be in [0, 64], got {self.threads}"
-
-
-@dataclass
-class SourceStats:
-    """What the source saw; the run summary shows it."""
-
-    frames_decoded: int = 0
-    frames_sampled: int = 0
-    audio_samples: int = 0
-    corrupt_packets: int = 0
-    pts_fixed: int = 0
-    truncated: bool = False
-    duration_s: float = 0.0
-    streams: list[str] = field(default_factory=list)
 
 
 class FileSource:
@@ -186,9 +170,10 @@ class FileSource:
                 container.seek(int((cfg.start_s + origin) * 1e6), backward=True)
             except av.error.FFmpegError:
                 pass  # not seekable: decode from the start and drop what comes before start_s
-        self._vstream = vstream
-        video = _VideoSampler(self, origin) if vstream is not None else None
-        audio = _AudioCollector(self, origin) if astream is not None else None
+        rate = float(vstream.average_rate) if vstream is not None and vstream.average_rate else None
+        video = (VideoSampler(cfg, self.stats, self.stream, origin=origin, source_rate=rate)
+                 if vstream is not None else None)
+        audio = AudioCollector(cfg, self.stats, self.stream, origin=origin) if astream is not None else None
         demux = container.demux([s for s in (vstream, astream) if s is not None])
         produced = False
         while True:
@@ -225,181 +210,8 @@ class FileSource:
                                     input=self.name, stage="decode", fix="re-encode the file")
         yield End(self.stream)
 
-    def _past_end(self, video: _VideoSampler | None, audio: _AudioCollector | None) -> bool:
+    def _past_end(self, video: VideoSampler | None, audio: AudioCollector | None) -> bool:
         end = self.config.end_s
         if end is None:
             return False
         return all(p is None or p.last_t >= end for p in (video, audio))
-
-
-class _VideoSampler:
-    """Picks the first frame at or after each sample time, scales it in FFmpeg, batches frames."""
-
-    def __init__(self, src: FileSource, origin: float) -> None:
-        self.src, self.cfg, self.origin = src, src.config, origin
-        self.step = 1.0 / self.cfg.fps
-        self.next_t: float | None = None
-        self.last_t = -math.inf
-        rate = None
-        stream = getattr(src, "_vstream", None)
-        if stream is not None and stream.average_rate:
-            rate = float(stream.average_rate)
-        # A frame half a source frame early is the best frame for a sample time: take it.
-        self.tolerance_s = 0.5 / rate if rate and rate > self.cfg.fps else 1e-6
-        self.frames: list[np.ndarray] = []
-        self.times: list[float] = []
-        self.reformatter = VideoReformatter()
-        self._time_base: float | None = None
-
-    @property
-    def pending(self) -> bool:
-        return bool(self.frames)
-
-    def _frame_time(self, frame: av.VideoFrame) -> float:
-        t = None
-        if frame.pts is not None:
-            if self._time_base is None and frame.time_base is not None:
-                self._time_base = float(frame.time_base)  # Fraction arithmetic per frame is slow
-            if self._time_base is not None:
-                t = frame.pts * self._time_base - self.origin
-        if t is None or math.isnan(t):
-            self.src.stats.pts_fixed += 1
-            rate = 25.0
-            t = (self.last_t + 1.0 / rate) if self.last_t > -math.inf else 0.0
-        elif t < self.last_t:
-            self.src.stats.pts_fixed += 1
-            t = self.last_t
-        return t
-
-    def feed(self, packet: av.Packet) -> list[Packet]:
-        try:
-            frames = packet.decode()
-        except av.error.FFmpegError:
-            self.src.stats.corrupt_packets += 1
-            return []
-        out: list[Packet] = []
-        for frame in frames:
-            self.src.stats.frames_decoded += 1
-            t = self._frame_time(frame)
-            self.last_t = t
-            if t < self.cfg.start_s - 1e-9 or (self.cfg.end_s is not None and t >= self.cfg.end_s):
-                continue
-            if self.next_t is None:
-                self.next_t = max(t, self.cfg.start_s)
-            if t + self.tolerance_s < self.next_t:
-                continue
-            if self.cfg.end_s is not None and self.next_t >= self.cfg.end_s - 1e-9:
-                continue  # the sample time this frame stands for is past the selection
-            # Skip ahead over sample times this frame already passed (a gap or a low source fps).
-            self.next_t += self.step * max(1, math.floor((t + self.tolerance_s - self.next_t) / self.step + 1e-9) + 1)
-            rgb = self.reformatter.reformat(frame, width=self.cfg.width, height=self.cfg.height,
-                                            format="rgb24", interpolation=self.cfg.interpolation)
-            self.frames.append(rgb.to_ndarray())
-            self.times.append(t)
-            self.src.stats.frames_sampled += 1
-            self.src.stats.duration_s = max(self.src.stats.duration_s, t + self.step - self.cfg.start_s)
-            if len(self.frames) >= self.cfg.batch_frames:
-                out.append(self._emit())
-        return out
-
-    def _emit(self) -> VideoFrames:
-        batch = VideoFrames(stream=self.src.stream, frames=torch.from_numpy(np.stack(self.frames)),
-                            pts_s=torch.tensor(self.times, dtype=torch.float64), duration_s=self.step)
-        self.frames, self.times = [], []
-        return batch
-
-    def finish(self) -> list[Packet]:
-        return [self._emit()] if self.frames else []
-
-
-class _AudioCollector:
-    """Decodes audio packet by packet, resamples to mono, and cuts chunks in stream time."""
-
-    def __init__(self, src: FileSource, origin: float) -> None:
-        self.src, self.cfg, self.origin = src, src.config, origin
-        self.rate = self.cfg.sample_rate_hz
-        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
-        self.parts: list[np.ndarray] = []
-        self.start: float | None = None  # stream time of the first sample held
-        self.held = 0
-        self.last_t = -math.inf
-
-    @property
-    def pending(self) -> bool:
-        return self.held > 0
-
-    def feed(self, packet: av.Packet) -> list[Packet]:
-        try:
-            frames = packet.decode()
-        except av.error.FFmpegError:
-            self.src.stats.corrupt_packets += 1
-            return []
-        out: list[Packet] = []
-        for frame in frames:
-            t = None
-            if frame.pts is not None and frame.time_base is not None:
-                t = float(frame.pts * frame.time_base) - self.origin
-            try:
-                resampled = self.resampler.resample(frame)
-            except (av.error.FFmpegError, ValueError):
-                self.src.stats.corrupt_packets += 1
-                continue
-            for r in resampled:
-                out.extend(self._add(r.to_ndarray().reshape(-1), t))
-                t = None  # later frames of one resample call follow on contiguously
-        return out
-
-    def _add(self, samples: np.ndarray, t: float | None) -> list[Packet]:
-        out: list[Packet] = []
-        cfg = self.cfg
-        expected = (self.start + self.held / self.rate) if self.start is not None else None
-        if t is None:
-            t = expected if expected is not None else max(self.last_t, 0.0)
-        elif expected is not None:
-            if t > expected + 0.02:
-                # A hole (a skipped corrupt packet, a jump): keep stream time true with a new chunk.
-                out.extend(self._emit())
-                self.start = t
-            else:
-                if t < expected - 0.02:
-                    self.src.stats.pts_fixed += 1
-                t = expected
-        if self.start is None:
-            self.start = t
-        if t < cfg.start_s:  # only before anything is held
-            cut = int(math.ceil((cfg.start_s - t) * self.rate - 1e-6))
-            samples = samples[cut:]
-            self.start = t + cut / self.rate
-        if cfg.end_s is not None:
-            room = int(round((cfg.end_s - (self.start + self.held / self.rate)) * self.rate))
-            samples = samples[: max(0, room)]
-        if samples.size:
-            self.parts.append(samples.astype(np.float32, copy=False))
-            self.held += samples.size
-        self.last_t = self.start + self.held / self.rate
-        self.src.stats.duration_s = max(self.src.stats.duration_s, self.last_t - cfg.start_s)
-        if self.held >= cfg.audio_chunk_s * self.rate:
-            out.extend(self._emit())
-        return out
-
-    def _emit(self) -> list[Packet]:
-        if not self.held or self.start is None:
-            self.parts, self.held, self.start = [], 0, None
-            return []
-        chunk = AudioChunk(stream=self.src.stream, samples=torch.from_numpy(np.concatenate(self.parts)),
-                           sample_rate_hz=self.rate, start_s=self.start)
-        self.src.stats.audio_samples += self.held
-        self.start = self.start + self.held / self.rate
-        self.parts, self.held = [], 0
-        return [chunk]
-
-    def finish(self) -> list[Packet]:
-        try:
-            tail = self.resampler.resample(None)
-        except (av.error.FFmpegError, ValueError):
-            tail = []
-        out: list[Packet] = []
-        for r in tail:
-            out.extend(self._add(r.to_ndarray().reshape(-1), None))
-        out.extend(self._emit())
-        return out
