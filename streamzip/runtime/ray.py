@@ -276,6 +276,7 @@ class RayRuntime:
         address: a Ray cluster to join; None starts Ray embedded on this machine.
         progress: called after each source packet with the input's :class:`InputResult` so far.
         max_inflight: source packets allowed between the source and the last stage (backpressure).
+        live_inflight: the same bound for live sources, kept short so that latency stays bounded.
         snapshot_every: packets between consistent snapshots of the chain (the replay window).
         restart_timeout_s: how long to wait for a dead actor to come back before giving up.
         on_packet: test hook, called with (sequence number, actors) after each packet is submitted.
@@ -284,13 +285,14 @@ class RayRuntime:
     name = "ray"
 
     def __init__(self, *, address: str | None = None, progress: Callable[[InputResult], None] | None = None,
-                 max_inflight: int = 16, snapshot_every: int = 8, restart_timeout_s: float = 60.0,
+                 max_inflight: int = 16, live_inflight: int = 2, snapshot_every: int = 8,
+                 restart_timeout_s: float = 60.0,
                  prefetch_depth: int = 4, num_cpus: int | None = None,
                  on_packet: Callable[[int, list[Any]], None] | None = None) -> None:
         if max_inflight < 1 or snapshot_every < 1:
             raise ValueError("max_inflight and snapshot_every must be >= 1")
         self.address, self.progress = address, progress
-        self.max_inflight, self.snapshot_every = max_inflight, snapshot_every
+        self.max_inflight, self.live_inflight, self.snapshot_every = max_inflight, live_inflight, snapshot_every
         self.restart_timeout_s, self.prefetch_depth, self.num_cpus = restart_timeout_s, prefetch_depth, num_cpus
         self.on_packet = on_packet
         self.results: list[InputResult] = []
@@ -375,13 +377,16 @@ class RayRuntime:
             _driver_metrics()["drops"].inc(tags={"stream": result.stream})
 
         feed = Prefetch(lambda: source, depth=self.prefetch_depth, drop_oldest=live, on_drop=on_drop)
+        # Packets between actors are never dropped: a live source keeps that queue short, so that
+        # the backlog builds up in the prefetch queue, where the oldest media is dropped.
+        limit = min(self.max_inflight, self.live_inflight) if live else self.max_inflight
         try:
             chain.reset()
             for packet in feed:
                 chain.submit(packet)
                 if self.on_packet is not None:
                     self.on_packet(chain.next_seq - 1, actors)
-                while chain.inflight_count() >= self.max_inflight:
+                while chain.inflight_count() >= limit:
                     yield from chain.complete_oldest()
                 update_from_source(result, source, feed, t_start)
                 if self.progress is not None:
