@@ -218,7 +218,7 @@ class StageActor:
         return True
 
 
-@ray.remote(num_cpus=0.05, max_restarts=0)
+@ray.remote(num_cpus=0, max_restarts=0)
 class MeterActor:
     """Fidelity of one stream, fed actor-to-actor (the tokens never pass the driver). Calls carry the
     packet's sequence number, so a replay after a restart is not counted twice."""
@@ -313,7 +313,7 @@ class RayRuntime:
         actors = []
         for i, step in enumerate(pipeline.steps):
             res = resources[step.id]
-            opts: dict[str, Any] = {"num_cpus": res.get("num_cpus", 0.25) * scale, "name": None}
+            opts: dict[str, Any] = {"num_cpus": max(0.001, round(res.get("num_cpus", 0.25) * scale, 4)), "name": None}
             if res.get("num_gpus"):
                 opts["num_gpus"] = res["num_gpus"]
             if res.get("memory_mb"):
@@ -333,7 +333,7 @@ class RayRuntime:
         if self.address:
             return 1.0
         # What is free now (other streams' chains may hold some), with room for the meter actor.
-        have = max(0.02, float(ray.available_resources().get("CPU", 0.0)) - 0.1)
+        have = max(0.02, float(ray.available_resources().get("CPU", 0.0)) - 0.05)
         return min(1.0, have / wanted) if wanted > 0 else 1.0
 
     def shutdown(self) -> None:
