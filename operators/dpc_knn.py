@@ -253,6 +253,24 @@ def _exact_denser(x: torch.Tensor, queries: torch.Tensor, rank: torch.Tensor, or
 
 def plan_clusters(x: torch.Tensor, num_clusters: int, k: int = 5, *, index: IndexKind = "flat",
                   neighbours: int = 32) -> ClusterPlan:
+    """DPC-KNN of ``x (N, D)`` into ``num_clusters`` clusters (see :func:`_plan_clusters`).
+
+    FAISS's BLAS and torch sum in a different order with a different thread count, which can flip a
+    near tie and so a cluster; the plan is computed on one thread, so the same tokens give the same
+    clusters in a 2-thread local run and in a 1-CPU Ray actor.
+    """
+    faiss_threads, torch_threads = faiss.omp_get_max_threads(), torch.get_num_threads()
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
+    try:
+        return _plan_clusters(x, num_clusters, k, index=index, neighbours=neighbours)
+    finally:
+        faiss.omp_set_num_threads(faiss_threads)
+        torch.set_num_threads(torch_threads)
+
+
+def _plan_clusters(x: torch.Tensor, num_clusters: int, k: int = 5, *, index: IndexKind = "flat",
+                   neighbours: int = 32) -> ClusterPlan:
     """DPC-KNN of ``x (N, D)`` into ``num_clusters`` clusters (see the module docstring).
 
     ``k`` (clamped to N) sets the density; ``neighbours`` is how many nearest tokens are searched for a

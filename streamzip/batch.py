@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from streamzip.errors import InputNotFoundError, StreamzipError
-from streamzip.job import _write_errors, output_names
+from streamzip.job import _write_errors, input_names, output_names
 from streamzip.output import ensure_writable, is_complete, write_output
 from streamzip.packets import Tokens
 from streamzip.pipeline import Pipeline
-from streamzip.sources._names import display_name, redact, stream_name
+from streamzip.sources._names import redact
 from streamzip.stats import InputResult, StageStats
 
 __all__ = ["MAX_RETRIES", "expand_inputs", "process_input", "run_batch"]
@@ -55,7 +55,8 @@ def process_input(spec: dict[str, Any], path: str, name: str, output_dir: str, *
     from streamzip.runtime.local import LocalRuntime
 
     pipeline = Pipeline.from_dict(spec)
-    result = InputResult(input=display_name(path), stream=stream_name(path))
+    shown, stream = input_names(path)
+    result = InputResult(input=shown, stream=stream)
     try:
         packets = [p for p in LocalRuntime(prefetch_depth=2).run_input(pipeline, path, result)
                    if isinstance(p, Tokens)]
@@ -126,13 +127,12 @@ def run_batch(pipeline: Pipeline, inputs: Sequence[str], output_dir: str | os.Pa
     results: dict[int, InputResult] = {}
     todo: list[dict[str, Any]] = []
     for i, (path, name) in enumerate(zip(paths, names)):
+        shown, stream = input_names(path)
         if is_complete(Path(output_dir) / name):
-            results[i] = InputResult(input=display_name(path), stream=stream_name(path), skipped=True,
-                                     output=str(Path(output_dir) / name))
+            results[i] = InputResult(input=shown, stream=stream, skipped=True, output=str(Path(output_dir) / name))
         elif not os.path.exists(path) and not path.startswith("lavfi:"):
-            r = InputResult(input=display_name(path), stream=stream_name(path))
-            err = InputNotFoundError("no such file", input=display_name(path), stage="decode",
-                                     fix="check the path")
+            r = InputResult(input=shown, stream=stream)
+            err = InputNotFoundError("no such file", input=shown, stage="decode", fix="check the path")
             _fail(r, type(err).__name__, str(err), "decode")
             results[i] = r
         else:
@@ -178,7 +178,8 @@ def _run_on_ray(pipeline: Pipeline, todo: list[dict[str, Any]], output_dir: str,
             progress(list(results.values()), total)
     for item in todo:
         if item["index"] not in results:
-            r = InputResult(input=display_name(item["path"]), stream=stream_name(item["path"]))
+            shown, stream = input_names(item["path"])
+            r = InputResult(input=shown, stream=stream)
             _fail(r, "WorkerDied", "the worker processing this input died on every try (out of memory, or a crash "
                                    "in native code); see the Ray logs", "runtime")
             results[item["index"]] = r

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import reprlib
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -20,9 +21,20 @@ from typing import Any, TypeVar
 
 from streamzip.errors import ConfigError, Problem
 
-__all__ = ["Config", "config_fields", "join_path"]
+__all__ = ["Config", "config_fields", "join_path", "short_repr"]
 
 C = TypeVar("C", bound="Config")
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 80, 80
+_SHORT.maxdict = _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = 6
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` bounded in depth and length, for messages that show a user's value: a YAML document
+    can alias one list into 10⁹ nested items (a "billion laughs"), whose full repr never ends."""
+    return _SHORT.repr(value)
 
 
 def join_path(prefix: str, name: str | int) -> str:
@@ -116,7 +128,7 @@ class Config:
             value = getattr(self, name)
             ok, coerced = _coerce(value, tp)
             if not ok:
-                problems.append(Problem(name, f"expected {_type_name(tp)}, got {value!r} "
+                problems.append(Problem(name, f"expected {_type_name(tp)}, got {short_repr(value)} "
                                               f"({type(value).__name__})"))
             elif coerced is not value:
                 object.__setattr__(self, name, coerced)

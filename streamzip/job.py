@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,18 @@ from streamzip.runtime import get_runtime
 from streamzip.sources._names import display_name, redact, stream_name
 from streamzip.stats import InputResult
 
-__all__ = ["ERRORS_FILE", "output_names", "run_job"]
+__all__ = ["ERRORS_FILE", "input_names", "output_names", "run_job"]
 
 ERRORS_FILE = "errors.jsonl"
+
+
+def input_names(path: str) -> tuple[str, str]:
+    """(display name, stream id) of an input. Never raises: a malformed URL (a port that is not a
+    number…) is named by its redacted text, and fails later as that input's own error."""
+    try:
+        return display_name(path), stream_name(path)
+    except ValueError:
+        return redact(path), "input"
 
 
 def output_names(inputs: Sequence[str]) -> list[str]:
@@ -59,7 +69,8 @@ def run_job(pipeline: Pipeline, inputs: Sequence[str], output_dir: str | os.Path
     results: list[InputResult] = []
     names = output_names(inputs)
     for path, name in zip(inputs, names):
-        result = InputResult(input=display_name(path), stream=stream_name(path))
+        shown, stream = input_names(path)
+        result = InputResult(input=shown, stream=stream)
         results.append(result)
         if on_start is not None:
             on_start(result)
@@ -76,6 +87,10 @@ def run_job(pipeline: Pipeline, inputs: Sequence[str], output_dir: str | os.Path
             result.error = redact(str(err))
             result.error_type = type(err).__name__
             result.stage = err.stage
+        except Exception as err:  # noqa: BLE001 - a bug met on one input must not cost the others
+            result.ok = False
+            result.error = redact(f"{type(err).__name__}: {err} — {traceback.format_exc(limit=3)}")
+            result.error_type = type(err).__name__
     if output_dir is not None:
         _write_errors(Path(output_dir), [r for r in results if not r.ok])
     return results

@@ -143,7 +143,9 @@ def write_output(out_dir: str | os.PathLike[str], name: str, packets: Iterable[T
     tmp = out_dir / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        save_file(tensors, str(tmp / TOKENS), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        # One metadata key: safetensors writes its metadata map in a random order, so two keys would
+        # make the bytes of identical outputs differ from run to run.
+        save_file(tensors, str(tmp / TOKENS), metadata={"format": f"{FORMAT}/{FORMAT_VERSION}"})
         os.chmod(tmp / TOKENS, 0o644)  # safetensors writes 0600; outputs are meant to be shared
         with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=1)

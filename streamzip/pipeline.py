@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from streamzip.config import Config, join_path
+from streamzip.config import Config, join_path, short_repr
 from streamzip.errors import ConfigError, Problem, StreamzipError
 from streamzip.operator import Operator
 from streamzip.packets import Packet, Tokens
@@ -134,15 +134,15 @@ class Pipeline:
                 problems.append(Problem(str(key), f"unknown key; allowed: {', '.join(sorted(allowed))}"))
         name = data.get("name", "pipeline")
         if not isinstance(name, str):
-            problems.append(Problem("name", f"expected a string, got {name!r}"))
+            problems.append(Problem("name", f"expected a string, got {short_repr(name)}"))
             name = "pipeline"
         decode = data.get("decode") or {}
         if not isinstance(decode, Mapping):
-            problems.append(Problem("decode", f"expected a mapping, got {decode!r}"))
+            problems.append(Problem("decode", f"expected a mapping, got {short_repr(decode)}"))
             decode = {}
         keep = data.get("keep_assignment", True)
         if not isinstance(keep, bool):
-            problems.append(Problem("keep_assignment", f"expected true or false, got {keep!r}"))
+            problems.append(Problem("keep_assignment", f"expected true or false, got {short_repr(keep)}"))
             keep = True
         pipe = cls(name, decode=dict(decode), keep_assignment=keep)
         steps = data.get("steps")
@@ -152,20 +152,20 @@ class Pipeline:
         for i, raw in enumerate(steps):
             path = join_path("steps", i)
             if not isinstance(raw, Mapping):
-                problems.append(Problem(path, f"a step is a mapping with 'op', got {raw!r}"))
+                problems.append(Problem(path, f"a step is a mapping with 'op', got {short_repr(raw)}"))
                 continue
             op = raw.get("op")
             if not isinstance(op, str):
-                problems.append(Problem(join_path(path, "op"), f"every step needs 'op' (a stage name), got {op!r}"))
+                problems.append(Problem(join_path(path, "op"), f"every step needs 'op' (a stage name), got {short_repr(op)}"))
                 continue
             sid = raw.get("id", None)
             if sid is not None and not isinstance(sid, str):
-                problems.append(Problem(join_path(path, "id"), f"expected a string, got {sid!r}"))
+                problems.append(Problem(join_path(path, "id"), f"expected a string, got {short_repr(sid)}"))
                 sid = None
             params = {k: v for k, v in raw.items() if k not in _RESERVED}
             res = raw.get("resources") or {}
             if not isinstance(res, Mapping):
-                problems.append(Problem(join_path(path, "resources"), f"expected a mapping, got {res!r}"))
+                problems.append(Problem(join_path(path, "resources"), f"expected a mapping, got {short_repr(res)}"))
                 res = {}
             pipe.add(op, id=sid, resources=dict(res), **params)
         if problems:
@@ -192,6 +192,10 @@ class Pipeline:
             where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
             raise ConfigError([Problem("", f"not valid YAML ({where}{getattr(err, 'problem', err)})")],
                               input=source) from err
+        except RecursionError:
+            # PyYAML builds nested collections recursively: thousands of `[` must not escape as a crash.
+            raise ConfigError([Problem("", "not a pipeline: the YAML nests deeper than it can be read")],
+                              input=source) from None
         return cls.from_dict(data, source=source)
 
     # -- validation ---------------------------------------------------------------------------
@@ -224,7 +228,7 @@ class Pipeline:
                 if key not in _RESOURCE_KEYS:
                     problems.append(Problem(rpath, f"unknown resource; allowed: {', '.join(_RESOURCE_KEYS)}"))
                 elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                    problems.append(Problem(rpath, f"expected a number, got {value!r}"))
+                    problems.append(Problem(rpath, f"expected a number, got {short_repr(value)}"))
                 elif not _RESOURCE_KEYS[key][0] <= value <= _RESOURCE_KEYS[key][1]:
                     lo, hi = _RESOURCE_KEYS[key]
                     problems.append(Problem(rpath, f"must be in [{lo:g}, {hi:g}], got {value}"))

@@ -36,7 +36,7 @@ def resolve_function(path: str) -> EncodeFn:
     module, _, attr = path.partition(":")
     try:
         fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
+    except (ImportError, AttributeError, ValueError, TypeError) as err:  # ':f' and '.mod:f' raise the last two
         raise ConfigError([Problem("function", f"cannot import {path!r}: {err}")]) from err
     if not callable(fn):
         raise ConfigError([Problem("function", f"{path!r} is not callable")])

@@ -66,6 +66,9 @@ class VideoSampler:
         self.times: list[float] = []
         self.reformatter = VideoReformatter()
         self._time_base: float | None = None
+        # Added to pts once the clock went back for good (a splice): later frames carry on from there.
+        self.shift_s = 0.0
+        self.frame_s = 1.0 / rate if rate else 1.0 / 25.0
 
     @property
     def pending(self) -> bool:
@@ -82,13 +85,20 @@ class VideoSampler:
         return frame.pts * self._time_base
 
     def frame_time(self, frame: av.VideoFrame) -> float:
-        """Stream time of a decoded frame (estimated when pts is missing, clamped when it goes back)."""
+        """Stream time of a decoded frame (estimated when pts is missing; a small step back is clamped, a
+        jump back of more than 0.5 s re-bases the clock so that later frames follow on)."""
         raw = self.pts_seconds(frame)
-        t = None if raw is None else raw - self.origin
+        t = None if raw is None else raw - self.origin + self.shift_s
         if t is None or math.isnan(t):
             self.stats.pts_fixed += 1
             rate = 25.0
             t = (self.last_t + 1.0 / rate) if self.last_t > -math.inf else 0.0
+        elif t < self.last_t - 0.5:
+            # The clock went back for good (spliced files, an encoder clock reset): carry on from the last
+            # frame. Clamping would pin every later frame to one time, and the sampler would drop them all.
+            self.stats.pts_fixed += 1
+            self.shift_s += self.last_t + self.frame_s - t
+            t = self.last_t + self.frame_s
         elif t < self.last_t:
             self.stats.pts_fixed += 1
             t = self.last_t

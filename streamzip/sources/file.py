@@ -135,8 +135,8 @@ class FileSource:
         auds = [s for s in container.streams.audio if s.codec_context is not None]
         v = vids[0] if (vids and self.want_video) else None
         a = auds[0] if (auds and self.want_audio) else None
-        have = ", ".join(f"{s.type}:{s.codec_context.name}" for s in container.streams
-                         if s.type in ("video", "audio")) or "none"
+        have = ", ".join(f"{s.type}:{s.codec_context.name if s.codec_context is not None else 'unknown codec'}"
+                         for s in container.streams if s.type in ("video", "audio")) or "none"
         needed = []
         if self.config.streams in ("video", "both") and v is None:
             needed.append("video")
@@ -208,6 +208,11 @@ class FileSource:
         if not produced and self.stats.corrupt_packets:
             raise CorruptMediaError(f"every packet failed to decode ({self.stats.corrupt_packets} corrupt)",
                                     input=self.name, stage="decode", fix="re-encode the file")
+        if not produced and cfg.start_s == 0 and cfg.end_s is None:
+            # An empty output would pass for a finished input: nothing decoded is an error.
+            raise CorruptMediaError("nothing decoded: no frame or audio sample came out of the file (cut short, "
+                                    "or packets that are not what its header announces)",
+                                    input=self.name, stage="decode", fix="re-encode or re-copy the file")
         yield End(self.stream)
 
     def _past_end(self, video: VideoSampler | None, audio: AudioCollector | None) -> bool:
