@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo-out
 
+# The KubeRay CRDs the manifest tests validate against stay in the shared folder beside the checkout.
+export STREAMZIP_KUBERAY_CRDS ?= $(abspath $(wildcard ../shared/k8s/kuberay-crds))
+
 .PHONY: setup sysdeps demo test test-fast lint bench clean
 
 sysdeps:
