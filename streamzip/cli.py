@@ -280,6 +280,7 @@ def _cmd_steps(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from streamzip.synthetic import make_clip
 
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     scenes = [("static", 4), ("pan", 4), ("motion", 4), ("static", 4), ("pan", 4)]
     reps = max(1, round(args.duration / 20))
     info = make_clip(args.output, scenes=scenes * reps, width=args.width, height=args.height, seed=args.seed)

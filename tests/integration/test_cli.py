@@ -70,5 +70,5 @@ def test_env_and_steps() -> None:
 
 
 def test_synth_writes_a_clip(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    res = cli("synth", str(tmp_path / "s.mp4"), "--duration", "20", "--width", "160", "--height", "120")
-    assert res.returncode == 0 and (tmp_path / "s.mp4").stat().st_size > 1000
+    res = cli("synth", str(tmp_path / "new" / "s.mp4"), "--duration", "20", "--width", "160", "--height", "120")
+    assert res.returncode == 0 and (tmp_path / "new" / "s.mp4").stat().st_size > 1000
