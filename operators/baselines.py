@@ -26,18 +26,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from streamzip.config import Config
-from streamzip.errors import TokenError
-from streamzip.operator import Operator
 from streamzip.operators.framefusion import frame_ids, keep_only
-from streamzip.packets import VIDEO, Packet, Tokens
+from streamzip.packets import Tokens
 from streamzip.registry import register
 from streamzip.tokens import merge_groups
-from streamzip.windows import WindowBuffer
+from streamzip.windows import WindowedOperator
 
 __all__ = [
     "SpatialPool", "SpatialPoolConfig", "TemporalPool", "TemporalPoolConfig", "ToMe", "ToMeConfig",
@@ -240,44 +237,8 @@ class ToMeConfig(_BudgetConfig):
     pass
 
 
-class _Windowed(Operator):
-    """Buffers video tokens per window and reduces each closed window with :meth:`reduce`."""
-
-    modalities = (VIDEO,)
-
-    def __init__(self, config: Any = None, **kw: Any) -> None:
-        super().__init__(config, **kw)
-        self._buffer = WindowBuffer(self.config.window_s)  # type: ignore[attr-defined]
-        self._dim: int | None = None
-
-    def reduce(self, tokens: Tokens) -> Tokens:
-        raise NotImplementedError
-
-    def process(self, packet: Packet) -> list[Packet]:
-        assert isinstance(packet, Tokens)
-        tokens = packet.check(stage=self.step_id)
-        if tokens.num_tokens == 0:
-            return []
-        if self._dim is not None and tokens.dim != self._dim:
-            raise TokenError(f"token dimension changed from {self._dim} to {tokens.dim} mid-stream",
-                             input=tokens.stream, stage=self.step_id, time_s=float(tokens.t0[0]),
-                             fix="use one encoder per stream; its output dimension must not change")
-        self._dim = tokens.dim
-        return [self.reduce(w) for _, w in self._buffer.add(tokens)]
-
-    def flush(self) -> list[Packet]:
-        return [self.reduce(w) for _, w in self._buffer.flush()]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self._buffer.state_dict(), "dim": self._dim}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._buffer.load_state_dict(state["buffer"])
-        self._dim = state["dim"]
-
-
 @register("uniform_sampling")
-class UniformSampling(_Windowed):
+class UniformSampling(WindowedOperator):
     """Keep evenly spaced frames to the budget (baseline)."""
 
     config_class = UniformSamplingConfig
@@ -288,7 +249,7 @@ class UniformSampling(_Windowed):
 
 
 @register("spatial_pool")
-class SpatialPool(_Windowed):
+class SpatialPool(WindowedOperator):
     """Average-pool each frame's patch grid to the budget (baseline)."""
 
     config_class = SpatialPoolConfig
@@ -299,7 +260,7 @@ class SpatialPool(_Windowed):
 
 
 @register("temporal_pool")
-class TemporalPool(_Windowed):
+class TemporalPool(WindowedOperator):
     """Average consecutive frames position by position to the budget (baseline)."""
 
     config_class = TemporalPoolConfig
@@ -310,7 +271,7 @@ class TemporalPool(_Windowed):
 
 
 @register("tome")
-class ToMe(_Windowed):
+class ToMe(WindowedOperator):
     """ToMe bipartite soft matching to the budget (baseline)."""
 
     config_class = ToMeConfig

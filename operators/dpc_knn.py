@@ -45,20 +45,18 @@ import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import faiss
 import numpy as np
 import torch
 
 from streamzip.config import Config
-from streamzip.errors import TokenError
-from streamzip.operator import Operator
 from streamzip.operators.framefusion import frame_ids
-from streamzip.packets import VIDEO, Packet, Tokens
+from streamzip.packets import Tokens
 from streamzip.registry import register
 from streamzip.tokens import merge_groups
-from streamzip.windows import WindowBuffer
+from streamzip.windows import WindowedOperator
 
 __all__ = ["ClusterPlan", "DPCKNN", "DPCKNNConfig", "apply_clusters", "plan_clusters", "reduce_tokens",
            "segment_events"]
@@ -441,41 +439,13 @@ class DPCKNNConfig(Config):
 
 
 @register("dpc_knn")
-class DPCKNN(Operator):
+class DPCKNN(WindowedOperator):
     """Cluster each window's video tokens to a budget with DPC-KNN (Chat-UniVi) on FAISS."""
 
     config_class = DPCKNNConfig
     config: DPCKNNConfig
-    modalities = (VIDEO,)
 
-    def __init__(self, config: DPCKNNConfig | None = None, **kw: Any) -> None:
-        super().__init__(config, **kw)
-        self._buffer = WindowBuffer(self.config.window_s)
-        self._dim: int | None = None
-
-    def process(self, packet: Packet) -> list[Packet]:
-        assert isinstance(packet, Tokens)
-        tokens = packet.check(stage=self.step_id)
-        if tokens.num_tokens == 0:
-            return []
-        if self._dim is not None and tokens.dim != self._dim:
-            raise TokenError(f"token dimension changed from {self._dim} to {tokens.dim} mid-stream",
-                             input=tokens.stream, stage=self.step_id, time_s=float(tokens.t0[0]),
-                             fix="use one encoder per stream; its output dimension must not change")
-        self._dim = tokens.dim
-        return [self._reduce(w) for _, w in self._buffer.add(tokens)]
-
-    def flush(self) -> list[Packet]:
-        return [self._reduce(w) for _, w in self._buffer.flush()]
-
-    def _reduce(self, window: Tokens) -> Tokens:
+    def reduce(self, window: Tokens) -> Tokens:
         c = self.config
         return reduce_tokens(window, c.max_tokens, c.k, event_level=c.event_level, event_ratio=c.event_ratio,
                              index=c.index, neighbours=c.neighbours)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self._buffer.state_dict(), "dim": self._dim}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._buffer.load_state_dict(state["buffer"])
-        self._dim = state["dim"]

@@ -62,10 +62,9 @@ from streamzip.config import Config
 from streamzip.errors import SnapshotError, TokenError
 from streamzip.operator import Operator
 from streamzip.operators.window import plan_adjacent_merges
-from streamzip.tokens import tokens_from_state, tokens_to_state
 from streamzip.packets import AUDIO, VIDEO, Gap, Packet, Tokens
 from streamzip.registry import register
-from streamzip.tokens import cat, merge_groups, take
+from streamzip.tokens import cat, merge_groups, take, tokens_from_state, tokens_to_state
 
 __all__ = ["MemoryConfig", "TokenMemory", "split_budget", "summarise"]
 

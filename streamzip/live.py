@@ -52,6 +52,7 @@ from safetensors.torch import save as st_save
 
 from streamzip.config import Config
 from streamzip.errors import ConfigError, DependencyError, InputError, Problem, StreamzipError
+from streamzip.output import plain_data as _plain
 from streamzip.packets import Gap, Packet, Tokens
 from streamzip.sources._names import redact, stream_name
 from streamzip.sources.mic import MicConfig, MicSource, parse_mic
@@ -102,16 +103,6 @@ class LiveConfig(Config):
 
 
 # -- wire format ----------------------------------------------------------------------------------
-def _plain(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
 
 
 def pack_tokens(packets: Sequence[Tokens], extra: Sequence[dict[str, Any]] | None = None,

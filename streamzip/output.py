@@ -78,14 +78,14 @@ def _group_of(packet: Tokens) -> str:
     return f"{packet.meta.get('kind', 'tokens')}/{packet.modality}"
 
 
-def _plain(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
     """JSON-safe copy of packet meta (tensors become lists)."""
     if isinstance(value, torch.Tensor):
         return value.tolist()
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_data(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_data(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return repr(value)
@@ -111,7 +111,7 @@ def write_output(out_dir: str | os.PathLike[str], name: str, packets: Iterable[T
         entries.append({"group": g, "index": len(by_group[g]), "start": start, "count": p.num_tokens,
                         "t0": float(p.t0.min()) if p.num_tokens else None,
                         "t1": float(p.t1.max()) if p.num_tokens else None,
-                        "meta": _plain(p.meta)})
+                        "meta": plain_data(p.meta)})
         by_group[g].append(p)
     tensors: dict[str, torch.Tensor] = {}
     groups: dict[str, Any] = {}

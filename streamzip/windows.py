@@ -13,10 +13,12 @@ from typing import Any
 
 import torch
 
-from streamzip.packets import Tokens
+from streamzip.errors import TokenError
+from streamzip.operator import Operator
+from streamzip.packets import VIDEO, Packet, Tokens
 from streamzip.tokens import cat, take, tokens_from_state, tokens_to_state
 
-__all__ = ["WindowBuffer", "window_bounds", "window_of"]
+__all__ = ["WindowBuffer", "WindowedOperator", "window_bounds", "window_of"]
 
 
 def window_of(t_s: float, window_s: float) -> int:
@@ -80,3 +82,40 @@ class WindowBuffer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._current = state["current"]
         self._parts = [tokens_from_state(p) for p in state["parts"]]
+
+
+class WindowedOperator(Operator):
+    """Base of stages that buffer video tokens per window and reduce each closed window with
+    :meth:`reduce` (DPC-KNN, the baselines). Its config has ``window_s``."""
+
+    modalities = (VIDEO,)
+
+    def __init__(self, config: Any = None, **kw: Any) -> None:
+        super().__init__(config, **kw)
+        self._buffer = WindowBuffer(self.config.window_s)  # type: ignore[attr-defined]
+        self._dim: int | None = None
+
+    def reduce(self, tokens: Tokens) -> Tokens:
+        raise NotImplementedError
+
+    def process(self, packet: Packet) -> list[Packet]:
+        assert isinstance(packet, Tokens)
+        tokens = packet.check(stage=self.step_id)
+        if tokens.num_tokens == 0:
+            return []
+        if self._dim is not None and tokens.dim != self._dim:
+            raise TokenError(f"token dimension changed from {self._dim} to {tokens.dim} mid-stream",
+                             input=tokens.stream, stage=self.step_id, time_s=float(tokens.t0[0]),
+                             fix="use one encoder per stream; its output dimension must not change")
+        self._dim = tokens.dim
+        return [self.reduce(w) for _, w in self._buffer.add(tokens)]
+
+    def flush(self) -> list[Packet]:
+        return [self.reduce(w) for _, w in self._buffer.flush()]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffer": self._buffer.state_dict(), "dim": self._dim}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._buffer.load_state_dict(state["buffer"])
+        self._dim = state["dim"]
