@@ -361,6 +361,9 @@ def _share(budget: int, counts: torch.Tensor) -> torch.Tensor:
     exact = counts.to(torch.float64) * budget / total
     share = exact.floor().to(torch.int64).clamp(min=1)
     share = torch.minimum(share, counts)
+    # The floor of 1 per group can overshoot: take back from the largest shares (never below 1).
+    while int(share.sum()) > budget and int(share.max()) > 1:
+        share[int(torch.argmax(share))] -= 1
     left = budget - int(share.sum())
     if left > 0:
         room = (counts - share) > 0
@@ -393,7 +396,11 @@ def reduce_tokens(tokens: Tokens, max_tokens: int, k: int = 5, *, event_level: b
     desc = torch.zeros(num_frames, tokens.dim).index_add_(0, frame, tokens.data * w)
     desc = desc / torch.zeros(num_frames).index_add_(0, frame, w.squeeze(1)).unsqueeze(1)
     num_events = min(max_tokens, max(1, math.ceil(num_frames * event_ratio)))
-    event = segment_events(desc, num_events, k)[frame]
+    event = segment_events(desc, num_events, k)
+    num_runs = int(event.max()) + 1
+    if num_runs > max_tokens:  # contiguity split clusters into more runs than the budget: join neighbours
+        event = torch.div(event * max_tokens, num_runs, rounding_mode="floor")
+    event = event[frame]
     counts = torch.bincount(event)
     share = _share(max_tokens, counts)
     group = torch.empty(n, dtype=torch.int64)
