@@ -56,16 +56,22 @@ class FidelityMeter:
             return
         if tokens.src is None or tokens.assignment is None:
             raise ValueError("original tokens need src ids (encoder output); got tokens without provenance")
-        live = tokens.assignment >= 0
-        ids = tokens.src[live]
-        data = tokens.data[tokens.assignment[live]]
-        order = torch.argsort(ids)
+        n = tokens.num_tokens
+        a = tokens.assignment
+        if a.numel() == n and bool((a == torch.arange(n)).all()) and bool((tokens.src[1:] > tokens.src[:-1]).all()):
+            # Fresh encoder output (each token itself, ids ascending): keep the tensors as they are.
+            ids, data = tokens.src, tokens.data.to(torch.float32)
+        else:
+            live = a >= 0
+            ids = tokens.src[live]
+            data = tokens.data[a[live]]
+            order = torch.argsort(ids)
+            ids, data = ids[order], data[order].to(torch.float32)
         self.tokens_in += int(ids.numel())
         if ids.numel() == 0:
             return
         self._chunks.setdefault((tokens.stream, tokens.modality), []).append(
-            _Chunk(ids=ids[order], data=data[order].to(torch.float32), done=torch.zeros(ids.numel(), dtype=torch.bool),
-                   left=int(ids.numel())))
+            _Chunk(ids=ids, data=data, done=torch.zeros(ids.numel(), dtype=torch.bool), left=int(ids.numel())))
 
     def add_outputs(self, tokens: Tokens) -> None:
         """Account for the originals an output packet covers (its ``src``/``assignment``)."""
