@@ -60,7 +60,7 @@ class FidelityMeter:
         a = tokens.assignment
         if a.numel() == n and bool((a == torch.arange(n)).all()) and bool((tokens.src[1:] > tokens.src[:-1]).all()):
             # Fresh encoder output (each token itself, ids ascending): keep the tensors as they are.
-            ids, data = tokens.src, tokens.data.to(torch.float32)
+            ids, data = tokens.src, tokens.data  # float32 already (Tokens.data's dtype)
         else:
             live = a >= 0
             ids = tokens.src[live]
@@ -80,6 +80,14 @@ class FidelityMeter:
             self.missing_provenance = True
             return
         chunks = self._chunks.get((tokens.stream, tokens.modality), [])
+        for i, chunk in enumerate(chunks):
+            # The encoder's own packet came through untouched (nothing merged it): every original is
+            # its own representative, cosine 1 (0 for an all-zero token), with no gather at all.
+            if (chunk.data is tokens.data and chunk.left == chunk.ids.numel() and torch.equal(chunk.ids, tokens.src)
+                    and bool((tokens.assignment == torch.arange(tokens.num_tokens)).all())):
+                self._sum += float((tokens.data.abs().amax(dim=1) > 0).sum())
+                del chunks[i]
+                return
         matched = torch.zeros(tokens.src.numel(), dtype=torch.bool)
         for chunk in chunks:
             at = torch.searchsorted(chunk.ids, tokens.src).clamp(max=chunk.ids.numel() - 1)
