@@ -52,7 +52,7 @@ from streamzip.errors import TokenError
 from streamzip.operator import Operator
 from streamzip.packets import VIDEO, Packet, Tokens
 from streamzip.registry import register
-from streamzip.tokens import cat, merge_groups, take, tokens_from_state, tokens_to_state
+from streamzip.tokens import cat, check_dim, merge_groups, take, tokens_from_state, tokens_to_state
 from streamzip.windows import window_bounds
 
 __all__ = [
@@ -299,10 +299,7 @@ class FrameFusion(Operator):
         tokens = packet.check(stage=self.step_id)
         if tokens.num_tokens == 0:
             return []
-        if self._dim is not None and tokens.dim != self._dim:
-            raise TokenError(f"token dimension changed from {self._dim} to {tokens.dim} mid-stream",
-                             input=tokens.stream, stage=self.step_id, time_s=float(tokens.t0[0]),
-                             fix="use one encoder per stream; its output dimension must not change")
+        self._dim = check_dim(tokens, self._dim, stage=self.step_id)
         t0 = tokens.t0
         if float(t0[0]) < self._last_t0 or bool((t0[1:] < t0[:-1]).any()):
             raise TokenError("video tokens are not in time order (t0 decreased)", input=tokens.stream,

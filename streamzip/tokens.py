@@ -16,7 +16,7 @@ import torch
 from streamzip.errors import SnapshotError, TokenError
 from streamzip.packets import Tokens
 
-__all__ = ["cat", "cosine_to_represented", "merge_groups", "take", "tokens_from_state", "tokens_to_state",
+__all__ = ["cat", "check_dim", "cosine_to_represented", "merge_groups", "take", "tokens_from_state", "tokens_to_state",
            "with_fresh_assignment"]
 
 
@@ -63,6 +63,15 @@ def cat(parts: Sequence[Tokens], *, stream: str | None = None, modality: str | N
         score=torch.cat([p.score for p in parts]) if keep_score else None,  # type: ignore[misc]
         meta=dict(first.meta),
     )
+
+
+def check_dim(tokens: Tokens, expected: int | None, *, stage: str) -> int:
+    """The dimension of ``tokens``; a :class:`TokenError` if a stream's dimension changed."""
+    if expected is not None and tokens.dim != expected:
+        raise TokenError(f"token dimension changed from {expected} to {tokens.dim} mid-stream",
+                         input=tokens.stream, stage=stage, time_s=float(tokens.t0[0]) if tokens.num_tokens else None,
+                         fix="use one encoder per stream; its output dimension must not change")
+    return tokens.dim
 
 
 def take(tokens: Tokens, index: torch.Tensor, *, keep_dropped: bool = True) -> Tokens:

@@ -13,10 +13,9 @@ from typing import Any
 
 import torch
 
-from streamzip.errors import TokenError
 from streamzip.operator import Operator
 from streamzip.packets import VIDEO, Packet, Tokens
-from streamzip.tokens import cat, take, tokens_from_state, tokens_to_state
+from streamzip.tokens import cat, check_dim, take, tokens_from_state, tokens_to_state
 
 __all__ = ["WindowBuffer", "WindowedOperator", "window_bounds", "window_of"]
 
@@ -103,11 +102,7 @@ class WindowedOperator(Operator):
         tokens = packet.check(stage=self.step_id)
         if tokens.num_tokens == 0:
             return []
-        if self._dim is not None and tokens.dim != self._dim:
-            raise TokenError(f"token dimension changed from {self._dim} to {tokens.dim} mid-stream",
-                             input=tokens.stream, stage=self.step_id, time_s=float(tokens.t0[0]),
-                             fix="use one encoder per stream; its output dimension must not change")
-        self._dim = tokens.dim
+        self._dim = check_dim(tokens, self._dim, stage=self.step_id)
         return [self.reduce(w) for _, w in self._buffer.add(tokens)]
 
     def flush(self) -> list[Packet]:

@@ -42,6 +42,15 @@ class SourceStats:
     streams: list[str] = field(default_factory=list)
 
 
+def decode_packet(packet: av.Packet, stats: SourceStats) -> list[av.frame.Frame]:
+    """The frames of one demuxed packet; a corrupt packet is counted and yields none."""
+    try:
+        return list(packet.decode())
+    except av.error.FFmpegError:
+        stats.corrupt_packets += 1
+        return []
+
+
 class VideoSampler:
     """Picks the first frame at or after each sample time, scales it in FFmpeg, batches frames.
 
@@ -106,13 +115,8 @@ class VideoSampler:
 
     def feed(self, packet: av.Packet) -> list[Packet]:
         """Decode one demuxed packet; returns the batches that filled up."""
-        try:
-            frames = packet.decode()
-        except av.error.FFmpegError:
-            self.stats.corrupt_packets += 1
-            return []
         out: list[Packet] = []
-        for frame in frames:
+        for frame in decode_packet(packet, self.stats):
             assert isinstance(frame, av.VideoFrame)
             out.extend(self.add(frame, self.frame_time(frame)))
         return out
@@ -188,13 +192,8 @@ class AudioCollector:
 
     def feed(self, packet: av.Packet) -> list[Packet]:
         """Decode one demuxed packet; returns the chunks that filled up."""
-        try:
-            frames = packet.decode()
-        except av.error.FFmpegError:
-            self.stats.corrupt_packets += 1
-            return []
         out: list[Packet] = []
-        for frame in frames:
+        for frame in decode_packet(packet, self.stats):
             assert isinstance(frame, av.AudioFrame)
             out.extend(self.add_frame(frame, self.frame_time(frame)))
         return out
