@@ -15,6 +15,8 @@ builtin a caller would naturally catch (as PyAV does), so ``except ValueError`` 
     │   └── MicError (streamzip.sources.mic)        a microphone device cannot be opened
     ├── TokenError             (ValueError)         tokens an operator cannot take (NaN, a changed dimension…)
     ├── SnapshotError          (ValueError)         a state_dict from another config or version
+    ├── ModelError             (ValueError)         a model folder or id that cannot be used (missing, not
+    │                                               cached while offline, the wrong kind of model…)
     ├── DependencyError        (ImportError)        an optional dependency is missing; names the extra
     ├── BackendError           (RuntimeError)       the runtime failed (no Ray cluster at that address…)
     └── OutputError            (OSError)            an output cannot be written (folder not writable…)
@@ -35,6 +37,7 @@ __all__ = [
     "DependencyError",
     "InputError",
     "InputNotFoundError",
+    "ModelError",
     "NoStreamError",
     "NotMediaError",
     "OutputError",
@@ -166,6 +169,11 @@ class TokenError(StreamzipError, ValueError):
 
 class SnapshotError(StreamzipError, ValueError):
     """A snapshot (state_dict) from another config or version."""
+
+
+class ModelError(StreamzipError, ValueError):
+    """A model (a folder or a Hugging Face id) that cannot be used: missing, not in the cache while
+    downloads are off or the machine is offline, no weights, or the wrong kind of model."""
 
 
 class DependencyError(StreamzipError, ImportError):

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from streamzip._version import __version__
 from streamzip.config import Config
-from streamzip.errors import SnapshotError
+from streamzip.errors import ConfigError, Problem, SnapshotError
 from streamzip.packets import AudioChunk, Gap, Packet, Tokens, VideoFrames
 
 __all__ = ["Operator", "SNAPSHOT_FORMAT"]
@@ -41,6 +41,9 @@ class Operator:
     #: what one actor of this stage asks of the Ray runtime. A quarter core by default: most stages
     #: are light, and on a 2-core machine a whole core per actor would not even fit one pipeline.
     resources: ClassVar[dict[str, float]] = {"num_cpus": 0.25}
+    #: whether the stage takes a text query (query-guided compression): the pipeline's ``query`` goes
+    #: to its ``query`` option, and :meth:`set_query` changes it while a stream runs.
+    accepts_query: ClassVar[bool] = False
 
     def __init__(self, config: Config | None = None, *, stream: str = "", step_id: str | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -71,6 +74,11 @@ class Operator:
         """Called when a live source lost time. By default nothing merges across a gap: pending
         state is flushed and the gap is passed on."""
         return [*self.flush(), gap]
+
+    def set_query(self, text: str | None) -> None:
+        """Weight what follows by relevance to ``text`` (None: no query). Only stages with
+        :attr:`accepts_query` take one; they apply it from the next packet on."""
+        raise ConfigError([Problem("query", f"stage {self.step_id!r} ({type(self).__name__}) takes no query")])
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume, as tensors and plain values."""

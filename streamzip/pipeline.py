@@ -67,13 +67,17 @@ class Pipeline:
         decode: :class:`DecodeConfig` or a mapping of its options.
         keep_assignment: write each original token's representative to the outputs (needed by
             fidelity measures and ``streamzip inspect``).
+        query: a text for query-guided compression: every step that takes a query (``hf_encoder``
+            with a SigLIP or CLIP model) scores tokens by relevance to it, and FrameFusion's pruning and
+            DPC-KNN's weights follow the scores. A step's own ``query`` option wins over it.
     """
 
     def __init__(self, name: str = "pipeline", *, decode: DecodeConfig | Mapping[str, Any] | None = None,
-                 keep_assignment: bool = True) -> None:
+                 keep_assignment: bool = True, query: str | None = None) -> None:
         self.name = name
         self._decode_raw: Mapping[str, Any] | DecodeConfig = decode if decode is not None else {}
         self.keep_assignment = keep_assignment
+        self.query = query
         self.steps: list[Step] = []
 
     # -- building -----------------------------------------------------------------------------
@@ -115,6 +119,8 @@ class Pipeline:
             out["decode"] = decode
         if not self.keep_assignment:
             out["keep_assignment"] = False
+        if self.query is not None:
+            out["query"] = self.query
         out["steps"] = [s.to_dict() for s in self.steps]
         return out
 
@@ -128,7 +134,7 @@ class Pipeline:
         if not isinstance(data, Mapping):
             raise ConfigError([Problem("", f"a pipeline is a mapping with 'steps', got {type(data).__name__}")],
                               input=source)
-        allowed = {"name", "decode", "steps", "keep_assignment", "description"}
+        allowed = {"name", "decode", "steps", "keep_assignment", "description", "query"}
         for key in data:
             if key not in allowed:
                 problems.append(Problem(str(key), f"unknown key; allowed: {', '.join(sorted(allowed))}"))
@@ -144,7 +150,11 @@ class Pipeline:
         if not isinstance(keep, bool):
             problems.append(Problem("keep_assignment", f"expected true or false, got {short_repr(keep)}"))
             keep = True
-        pipe = cls(name, decode=dict(decode), keep_assignment=keep)
+        query = data.get("query")
+        if query is not None and not isinstance(query, str):
+            problems.append(Problem("query", f"expected a text, got {short_repr(query)}"))
+            query = None
+        pipe = cls(name, decode=dict(decode), keep_assignment=keep, query=query)
         steps = data.get("steps")
         if not isinstance(steps, list) or not steps:
             problems.append(Problem("steps", "expected a non-empty list of steps"))
@@ -241,6 +251,12 @@ class Pipeline:
                 problems.append(Problem(path, f"{step.op} takes {need} tokens but no earlier step makes them; "
                                               f"add an encoder for {need} before it"))
             made.update(info.cls.produces)
+        if self.query is not None:
+            if not isinstance(self.query, str) or not self.query.strip():
+                problems.append(Problem("query", f"must be a non-empty text, got {short_repr(self.query)}"))
+            elif not self.query_steps():
+                problems.append(Problem("query", "no step takes a query; query-guided compression needs an "
+                                                 "hf_encoder with a SigLIP or CLIP model (a text tower)"))
         if not self.steps:
             problems.append(Problem("steps", "the pipeline has no steps; add an encoder at least"))
         elif not made:
@@ -253,6 +269,17 @@ class Pipeline:
         if problems:
             raise ConfigError(problems)
         return self
+
+    def query_steps(self) -> list[str]:
+        """Ids of the steps that take a text query."""
+        out = []
+        for step in self.steps:
+            try:
+                if get_stage(step.op).cls.accepts_query:
+                    out.append(step.id)
+            except StreamzipError:
+                continue
+        return out
 
     # -- running ------------------------------------------------------------------------------
     def modalities(self) -> set[str]:
@@ -280,7 +307,10 @@ class Pipeline:
         """A fresh instance of step ``index`` for one stream."""
         step = self.steps[index]
         info = get_stage(step.op)
-        config: Config = info.cls.config_class.from_mapping(step.params, join_path("steps", index))
+        params = step.params
+        if self.query is not None and info.cls.accepts_query and params.get("query") is None:
+            params = {**params, "query": self.query}
+        config: Config = info.cls.config_class.from_mapping(params, join_path("steps", index))
         kwargs: dict[str, Any] = {"stream": stream, "step_id": step.id}
         if step.fn is not None:
             kwargs["fn"] = step.fn

@@ -123,6 +123,16 @@ def finish_meter(result: InputResult, meter: Any) -> None:
         result.fidelity = meter.result()["fidelity"]
 
 
+def set_query_on(stages: Sequence[Operator], text: str | None) -> list[str]:
+    """``set_query(text)`` on every stage that takes a query; their step ids."""
+    took = []
+    for stage in stages:
+        if stage.accepts_query:
+            stage.set_query(text)
+            took.append(stage.step_id)
+    return took
+
+
 def encoder_tokens(runner: StageRunner) -> int:
     return sum(s.tokens_out for s, stage in zip(runner.stats, runner.stages) if stage.produces)
 
@@ -141,6 +151,14 @@ class LocalRuntime:
         self.progress = progress
         self.prefetch_depth = prefetch_depth
         self.results: list[InputResult] = []
+        self._running: list[StageRunner] = []   # the chains of the streams running now (set_query)
+
+    def set_query(self, text: str | None) -> list[str]:
+        """Weight what the running streams take next by relevance to ``text`` (None: drop the query).
+
+        Safe to call from another thread (the live endpoint does): each query-taking stage applies it
+        from its next packet on. Returns the ids of the steps that took it."""
+        return set_query_on([s for r in list(self._running) for s in r.stages], text)
 
     def run(self, pipeline: Pipeline, inputs: Sequence[str]) -> Iterator[Packet]:
         """Yield the final packets of every input in turn; raise on the first bad input."""
@@ -165,6 +183,7 @@ class LocalRuntime:
         runner = StageRunner(pipeline.build(result.stream), result, meter=meter)
         t_start = time.perf_counter()
         feed = Prefetch(lambda: source, depth=self.prefetch_depth, drop_oldest=live)
+        self._running.append(runner)
         try:
             for packet in feed:
                 for out in runner.push(packet):
@@ -180,6 +199,7 @@ class LocalRuntime:
             err.with_context(input=result.input)
             raise
         finally:
+            self._running.remove(runner)
             feed.close()
             update_from_source(result, source, feed, t_start)
             result.audio_s = source.stats.audio_samples / pipeline.decode.sample_rate_hz

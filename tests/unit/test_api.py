@@ -8,7 +8,7 @@ import streamzip
 def test_public_names() -> None:
     assert sorted(streamzip.__all__) == sorted([
         "AUDIO", "VIDEO", "AudioChunk", "BackendError", "Config", "ConfigError", "CorruptMediaError",
-        "DecodeConfig", "DependencyError", "End", "FileSource", "Gap", "InputError", "InputNotFoundError",
+        "DecodeConfig", "DependencyError", "End", "FileSource", "Gap", "InputError", "InputNotFoundError", "ModelError",
         "NoStreamError", "NotMediaError", "Operator", "OutputError", "Packet", "Pipeline", "Problem",
         "SnapshotError", "StreamzipError", "TokenError", "Tokens", "VideoFrames", "__version__", "load",
         "load_pipeline", "register",

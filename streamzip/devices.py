@@ -1,0 +1,56 @@
+"""Where the heavy stages compute: ``device`` and ``dtype`` options, resolved once.
+
+``device: auto`` is CUDA when PyTorch sees a GPU, else the CPU. ``dtype: auto`` is bfloat16 on a GPU
+that supports it (float16 on older ones) and float32 on the CPU, where half precision is slower and
+less accurate. Tokens always leave a stage as float32 on the CPU (the packet contract), whatever the
+stage computed in.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from streamzip.errors import ConfigError, Problem
+
+__all__ = ["DEVICES", "DTYPES", "check_device", "resolve_device", "resolve_dtype"]
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def check_device(value: str) -> str | None:
+    """A message when ``value`` is not ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (for config checks)."""
+    if value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit()):
+        return None
+    return f"must be auto, cpu, cuda or cuda:N, got {value!r}"
+
+
+def resolve_device(value: str = "auto", *, field: str = "device") -> torch.device:
+    """``auto`` → ``cuda`` when available else ``cpu``; a CUDA device asked for on a machine without one
+    is a :class:`ConfigError` (silently running on the CPU would hide a broken install)."""
+    problem = check_device(value)
+    if problem:
+        raise ConfigError([Problem(field, problem)])
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(value)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError([Problem(field, f"{value!r} asked for but PyTorch sees no CUDA GPU here; "
+                                              "use device: auto (CUDA when present) or cpu")])
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError([Problem(field, f"{value!r} asked for but only {torch.cuda.device_count()} "
+                                              "GPU(s) are visible")])
+    return device
+
+
+def resolve_dtype(value: str, device: torch.device, *, field: str = "dtype") -> torch.dtype:
+    """``auto`` → bfloat16 (or float16) on CUDA, float32 on the CPU; other names map one to one."""
+    if value not in DTYPES:
+        raise ConfigError([Problem(field, f"must be one of {', '.join(DTYPES)}, got {value!r}")])
+    chosen = DTYPES[value]
+    if chosen is not None:
+        return chosen
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
