@@ -123,6 +123,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.pipeline)
     for item in args.set or []:
         _apply_override(pipeline, item)
+    if args.query is not None:
+        pipeline.query = args.query
     pipeline.validate()
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
     options: dict[str, Any] = {}
@@ -157,6 +159,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.pipeline)
     for item in args.set or []:
         _apply_override(pipeline, item)
+    if args.query is not None:
+        pipeline.query = args.query
     pipeline.validate()
     bar: Any = None
     if not args.quiet and sys.stderr.isatty():
@@ -304,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ray (default): each stage a Ray actor, Ray embedded unless --address; local: in-process")
     r.add_argument("--address", help="a Ray cluster to join (host:port, ray://host:10001 or auto)")
     r.add_argument("--set", action="append", metavar="STEP.OPTION=VALUE", help="override an option")
+    r.add_argument("--query", help="query-guided compression: keep more of what is relevant to this text "
+                                   "(needs an hf_encoder with a SigLIP or CLIP model)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
 
@@ -315,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cpus-per-input", type=float, default=1.0, help="CPUs each input's task reserves")
     b.add_argument("--parquet", action="store_true", help="also write tokens.parquet per input")
     b.add_argument("--set", action="append", metavar="STEP.OPTION=VALUE", help="override an option")
+    b.add_argument("--query", help="query-guided compression for every input (see run --query)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_cmd_batch)
 
