@@ -14,6 +14,10 @@ Flash-VStream or Dispider. Routes (aiohttp, in a thread of its own)::
     GET /streams/{id}/windows        server-sent events, one JSON event per window packet (the tokens as
                                      base64 safetensors; ``?payload=0``: the times and counts only)
     GET /streams/{id}/ws             WebSocket, one binary safetensors message per window packet
+    POST /streams/{id}/query         {"query": "a question"} weights the following windows by relevance to it
+                                     (query-guided compression; {"query": null} drops it); 400 when the
+                                     pipeline has no step that takes a query
+    POST /query                      the same, for every stream
 
 A bearer token (``Authorization: Bearer …``) guards every route when given, and is *required* to bind
 anything but a loopback address. Credentials in camera URLs never appear in any reply, log line or
@@ -188,6 +192,8 @@ class LiveStream:
         self.latency_sum_s = 0.0
         self.latency_count = 0
         self.gaps_seen = 0
+        self.query: str | None = pipeline.query
+        self.query_changes = 0
         self.status = "starting"
         self.error: str | None = None
         self.subscribers: set[_Subscriber] = set()
@@ -262,6 +268,24 @@ class LiveStream:
             except RuntimeError:  # the loop is closed
                 self.subscribers.discard(sub)
 
+    def set_query(self, text: str | None) -> list[str]:
+        """Weight the windows that follow by relevance to ``text`` (the runtime's running stages take
+        it from their next packet on); the ids of the steps that took it."""
+        if not self.pipeline.query_steps():
+            raise ConfigError([Problem("query", f"pipeline {self.pipeline.name!r} has no step that takes a "
+                                                "query; query-guided compression needs an hf_encoder with a "
+                                                "SigLIP or CLIP model")])
+        if text is not None and (not isinstance(text, str) or not text.strip()):
+            raise ConfigError([Problem("query", "must be a non-empty text, or null to drop the query")])
+        setter = getattr(self.runtime, "set_query", None)
+        if setter is None:  # pragma: no cover - both runtimes have it
+            raise ConfigError([Problem("query", f"the {self.cfg.runtime} runtime cannot change a query live")])
+        took = setter(text)
+        with self.lock:
+            self.query = text
+            self.query_changes += 1
+        return list(took)
+
     # -- views (any thread) -------------------------------------------------------------------
     def context_packets(self) -> tuple[list[Tokens], list[dict[str, Any]]]:
         """Per modality (video first): the last memory packet, then the last window packet."""
@@ -297,6 +321,7 @@ class LiveStream:
         return {"id": self.id, "input": self.source.name, "status": self.status, "error": self.error,
                 "source": src, "frames": self.result.frames, "drops": self.result.drops,
                 "stage_restarts": self.result.restarts, "windows": windows, "window_tokens": tokens,
+                "query": self.query,
                 "latency_s": {str(q): v for q, v in self.latency_quantiles().items()},
                 "subscribers": len(self.subscribers)}
 
@@ -514,6 +539,8 @@ class LiveServer:
         app.router.add_get("/streams/{id}/context", self._context)
         app.router.add_get("/streams/{id}/windows", self._sse)
         app.router.add_get("/streams/{id}/ws", self._ws)
+        app.router.add_post("/streams/{id}/query", self._query)
+        app.router.add_post("/query", self._query_all)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         try:
             loop.run_until_complete(runner.setup())
@@ -588,6 +615,39 @@ class LiveServer:
         from aiohttp import web
 
         return web.json_response(self._stream(request).info())
+
+    async def _read_query(self, request: Any) -> str | None:
+        from aiohttp import web
+
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict) or "query" not in body or not (body["query"] is None or isinstance(body["query"], str)):
+            raise web.HTTPBadRequest(text=json.dumps({"error": 'send JSON {"query": "your question"} '
+                                                               '(or {"query": null} to drop it)'}),
+                                     content_type="application/json")
+        return body["query"]
+
+    async def _apply_query(self, streams: list[LiveStream], text: str | None) -> Any:
+        from aiohttp import web
+
+        loop = asyncio.get_running_loop()
+        out = {}
+        for s in streams:  # embedding the text runs the model: off the event loop
+            try:
+                steps = await loop.run_in_executor(None, s.set_query, text)
+            except StreamzipError as err:
+                return web.json_response({"error": redact(str(err)), "stream": s.id}, status=400)
+            out[s.id] = {"query": text, "steps": steps}
+        return web.json_response({"streams": out})
+
+    async def _query(self, request: Any) -> Any:
+        s = self._stream(request)
+        return await self._apply_query([s], await self._read_query(request))
+
+    async def _query_all(self, request: Any) -> Any:
+        return await self._apply_query(list(self.streams.values()), await self._read_query(request))
 
     async def _context(self, request: Any) -> Any:
         from aiohttp import web
@@ -810,6 +870,8 @@ def _cmd_live(args: argparse.Namespace) -> int:
     from streamzip.pipeline import load_pipeline
 
     pipeline = load_pipeline(args.pipeline)
+    if args.query is not None:
+        pipeline.query = args.query
     host, port = parse_serve(args.serve)
     token = read_token(args.token, args.token_file)
     runtime = args.runtime or ("ray" if args.address else "local")  # --address alone means Ray
@@ -856,6 +918,8 @@ def add_cli(subparsers: Any) -> None:
                                    "a command line is visible to other users)")
     p.add_argument("--token-file", help="a file holding the bearer token")
     p.add_argument("--pipeline", default="default", help="a pipeline YAML file or a built-in name (default: default)")
+    p.add_argument("--query", help="query-guided compression: weight tokens by relevance to this text (needs an "
+                                   "hf_encoder with a text tower); POST /streams/{id}/query changes it live")
     p.add_argument("--runtime", choices=("local", "ray"), default=None,
                    help="local (threads in this process; the default) or ray (stage actors; implied by --address)")
     p.add_argument("--address", help="a Ray cluster to join ('auto' on a cluster node); implies --runtime ray")

@@ -20,7 +20,7 @@ from streamzip.encoders._hf import transformers_module
 
 __all__ = ["TINY_WORDS", "save_tiny_model"]
 
-Kind = Literal["clip", "siglip", "dinov2", "clip_vision", "whisper", "bert"]
+Kind = Literal["clip", "siglip", "dinov2", "clip_vision", "whisper", "bert", "llm"]
 
 #: the vocabulary of the tiny tokenizer (anything else is [UNK]).
 TINY_WORDS = ("a person walking dog cat car red blue green door opening closing ball moving static scene "
@@ -51,7 +51,8 @@ def save_tiny_model(kind: Kind, folder: str | Path, *, size: Literal["tiny", "ba
 
     ``clip`` / ``siglip``: vision + text towers (and a tokenizer); ``clip_vision``: a CLIP vision tower
     alone; ``dinov2``: a DINOv2 backbone; ``whisper``: a Whisper model (the audio encoder uses its
-    encoder); ``bert``: a text-only model (for the error of a model with no vision tower).
+    encoder); ``bert``: a text-only model (for the error of a model with no vision tower); ``llm``: a
+    decoder-only language model with a tokenizer (an MLLM's LLM, for the ``inputs_embeds`` example).
     """
     tf = transformers_module("tiny")
     folder = Path(folder)
@@ -79,9 +80,16 @@ def save_tiny_model(kind: Kind, folder: str | Path, *, size: Literal["tiny", "ba
              "max_source_positions": 1500, "max_target_positions": 16, "pad_token_id": 0,
              "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 1}
         if size == "base":
-            w.update(encoder_layers=6, d_model=512, encoder_attention_heads=8, encoder_ffn_dim=2048)
+            w.update(encoder_layers=6, d_model=512, encoder_attention_heads=8, encoder_ffn_dim=2048,
+                     decoder_attention_heads=8, decoder_ffn_dim=2048)
         model = tf.WhisperModel(tf.WhisperConfig(**{**w, **overrides}))
         overrides = {}
+    elif kind == "llm":  # a decoder-only LM (Llama layout), the shape of an MLLM's language model
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(
+            vocab_size=text["vocab_size"], hidden_size=s["hidden_size"] * 2, intermediate_size=s["intermediate_size"] * 2,
+            num_hidden_layers=s["num_hidden_layers"], num_attention_heads=s["num_attention_heads"],
+            num_key_value_heads=s["num_attention_heads"], max_position_embeddings=2048,
+            pad_token_id=0, bos_token_id=2, eos_token_id=3))
     elif kind == "bert":
         model = tf.BertModel(tf.BertConfig(**{**s, "vocab_size": len(TINY_WORDS) + 4}))
     else:
@@ -89,6 +97,6 @@ def save_tiny_model(kind: Kind, folder: str | Path, *, size: Literal["tiny", "ba
     if overrides:
         raise ValueError(f"unused options for {kind}: {sorted(overrides)}")
     model.save_pretrained(folder, safe_serialization=True)
-    if kind in ("clip", "siglip"):
-        _tokenizer(folder, text["max_position_embeddings"])
+    if kind in ("clip", "siglip", "llm"):
+        _tokenizer(folder, text["max_position_embeddings"] if kind != "llm" else 2048)
     return folder

@@ -29,7 +29,8 @@ def frames(t: int = 4, seed: int = 0, size: int = 40) -> torch.Tensor:
 
 
 def encoder(path: Path, **kw) -> HFVisionEncoder:  # type: ignore[no-untyped-def]
-    return HFVisionEncoder(HFVisionEncoderConfig(model=str(path), **kw))
+    """On the CPU in float32 (the numeric checks below); tests/gpu checks the CUDA path."""
+    return HFVisionEncoder(HFVisionEncoderConfig(model=str(path), **{"device": "cpu", **kw}))
 
 
 def reference_pixels(enc: HFVisionEncoder, x: torch.Tensor, mean, std) -> torch.Tensor:  # type: ignore[no-untyped-def]
@@ -241,7 +242,7 @@ def test_uncached_id_with_downloads_off_attempts_no_download(monkeypatch, tmp_pa
 def test_offline_environment_is_named_when_a_download_would_be_needed(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="offline.*no download was attempted"):
-        HFVisionEncoder(HFVisionEncoderConfig(model="nobody-xyz/siglip-never-cached", download=True))
+        HFVisionEncoder(HFVisionEncoderConfig(model="nobody-xyz/siglip-never-cached", download=True, device="cpu"))
 
 
 def test_cuda_asked_for_without_a_gpu(models) -> None:  # type: ignore[no-untyped-def]
@@ -264,7 +265,7 @@ def test_config_problems_are_listed() -> None:
 def test_pipeline_query_reaches_the_encoder_and_steers_pruning(models) -> None:  # type: ignore[no-untyped-def]
     def run(query: str | None) -> list:  # type: ignore[type-arg]
         pipe = (Pipeline("q", decode={"fps": 2, "width": 32, "height": 32}, query=query)
-                .add("hf_encoder", id="enc", model=str(models["siglip"]), query_level="token")
+                .add("hf_encoder", id="enc", model=str(models["siglip"]), query_level="token", device="cpu")
                 .add("framefusion", threshold=2.0, max_tokens=8, window_s=2.0))
         return [p for p in LocalRuntime().run(pipe, ["lavfi:testsrc2=size=64x64:rate=10:duration=4"])
                 if hasattr(p, "data")]
@@ -298,7 +299,7 @@ steps:
 
 def test_local_runtime_set_query_reaches_running_streams(models) -> None:  # type: ignore[no-untyped-def]
     pipe = Pipeline("q", decode={"fps": 2, "width": 32, "height": 32, "batch_frames": 2}).add(
-        "hf_encoder", id="enc", model=str(models["clip"]))
+        "hf_encoder", id="enc", model=str(models["clip"]), device="cpu")
     rt = LocalRuntime(prefetch_depth=1)
     assert rt.set_query("a dog") == []  # nothing running
     outs = rt.run(pipe, ["lavfi:testsrc2=size=64x64:rate=10:duration=3"])
@@ -321,3 +322,29 @@ def test_encoder_packet_through_process_carries_scores_and_grid(models) -> None:
     assert tokens.meta["grid"] == [4, 4] and tokens.num_tokens == 48
     assert tokens.score is not None and tokens.score.shape == (48,)
     assert torch.equal(tokens.src, torch.arange(48))
+
+
+def test_cli_query_runs_query_guided_and_is_recorded(models, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import streamzip
+    from streamzip.cli import main
+
+    spec = tmp_path / "guided.yaml"
+    spec.write_text(f"""
+name: guided
+decode: {{fps: 2, width: 32, height: 32}}
+steps:
+  - {{id: enc, op: hf_encoder, model: {models['clip']}, device: cpu}}
+""")
+    src = "lavfi:testsrc2=size=64x64:rate=10:duration=3"
+    assert main(["run", str(spec), "-i", src, "-o", str(tmp_path / "out"), "--runtime", "local", "-q",
+                 "--query", "a red car"]) == 0
+    (folder,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    out = streamzip.load(folder)
+    assert out.manifest["pipeline"]["query"] == "a red car"
+    tokens = out.tokens("tokens/video")
+    assert tokens.score is not None and tokens.num_tokens == 6 * 16
+    # frame-level relevance: one score per frame
+    assert float(tokens.score.view(6, 16).std(dim=1).max()) < 1e-6
+
+    assert main(["run", "default", "-i", src, "--runtime", "local", "-q", "--query", "a red car"]) == 2
+    assert "no step takes a query" in capsys.readouterr().err
