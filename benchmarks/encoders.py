@@ -12,7 +12,8 @@ CPU and, with ``--device cuda``/``both``, on the GPU, against the encoder's own 
 so it shows whether the pipeline stays encoder-bound.
 
 Run: ``python benchmarks/encoders.py`` (CPU; about 3 minutes on 2 cores) or
-``python benchmarks/encoders.py --device both`` on a GPU machine (writes ``encoders_gpu.json``).
+``python benchmarks/encoders.py --device both`` on a GPU machine (writes ``encoders_gpu.json``; the report
+shows both).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=0, help="frames per measurement (default: 32 CPU, 512 GPU)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--audio-s", type=float, default=60.0)
-    ap.add_argument("--out", default=None, help="result name (default encoders_cpu / encoders_gpu)")
+    ap.add_argument("--out", default=None, help="result name (default encoders, or encoders_gpu with a GPU)")
     args = ap.parse_args()
     devices = {"cpu": ["cpu"], "cuda": ["cuda"], "both": ["cpu", "cuda"]}[args.device]
     if "cuda" in devices and not torch.cuda.is_available():
@@ -164,7 +165,7 @@ def main() -> None:
             if r["device"] == "cuda":
                 gpu[r["model"]] = max(gpu.get(r["model"], 0.0), r["frames_per_s"])
         result["gpu_speedup"] = {m: round(gpu[m] / cpu[m], 1) for m in gpu if m in cpu}
-    write_result(args.out or ("encoders_gpu" if "cuda" in devices else "encoders_cpu"), result)
+    write_result(args.out or ("encoders_gpu" if "cuda" in devices else "encoders"), result)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ __all__ = ["BENCHMARKS", "Run", "add_cli", "find_benchmarks", "headline", "load_
 
 #: The scripts, in report order. (The Ray one is ``ray_runtime.py``: a ``ray.py`` would shadow the
 #: ray package; ``ray.py`` / ``ray.json`` are read too.)
-BENCHMARKS = ("decode", "dpc_knn", "fidelity", "audio", "memory", "ray_runtime", "live")
+BENCHMARKS = ("decode", "dpc_knn", "fidelity", "audio", "memory", "ray_runtime", "live", "encoders")
 ALIASES = {"ray_runtime": ("ray",)}
 #: Smaller inputs for ``--quick``; a flag is passed only when the script defines it. A script that
 #: defines ``--quick`` itself gets that instead.
@@ -46,9 +46,10 @@ QUICK_ARGS: dict[str, list[str]] = {
     "memory": ["--minutes", "10", "--baseline-minutes", "2"],
     "ray_runtime": ["--files", "2", "--seconds", "4", "--repeats", "1"],
     "live": ["--seconds", "5", "--warmup", "3", "--max-levels", "2"],
+    "encoders": ["--frames", "8", "--repeats", "1", "--audio-s", "10"],
 }
 #: Extra result files read with a benchmark's own (variants written with ``--name``).
-VARIANTS = {"memory": ("memory_window_only",)}
+VARIANTS = {"memory": ("memory_window_only",), "encoders": ("encoders_gpu",)}
 
 
 # -- running --------------------------------------------------------------------------------------
@@ -272,6 +273,31 @@ def _audio(d: dict[str, Any]) -> list[str]:
     return out
 
 
+def _encoders(d: dict[str, Any], variants: dict[str, dict[str, Any]]) -> list[str]:
+    runs = [("this machine", d), *((f"GPU machine ({v.get('gpu', '?')})", v) for v in variants.values())]
+    out = [d.get("question", ""), ""]
+    rows = []
+    for where, r in runs:
+        for v in r["vision"]:
+            rows.append([where, v["model"], f"{v['device']} {v['dtype']}", v["batch_size"],
+                         f"**{_num(v['frames_per_s'], 1)}**", f"{v['tokens_per_frame']}×{v['dim']}"])
+        for a in r.get("audio", []):
+            rows.append([where, a["model"], a["device"], "30 s windows", f"**{_num(a['audio_s_per_s'], 1)}** s audio/s", ""])
+    out += _table(["machine", "model (random init, real size)", "device", "batch", "frames/s", "tokens/frame"], rows)
+    for where, r in runs:
+        if r.get("gpu_speedup"):
+            out += ["", f"GPU over the same machine's CPU ({where}): "
+                    + ", ".join(f"{m} **{_num(x, 1)}×**" for m, x in r["gpu_speedup"].items())]
+        w = r.get("window")
+        if w:
+            dpc = ", ".join(f"{k[8:-2]} {_num(v * 1000, 1)} ms" for k, v in w.items()
+                            if k.startswith("dpc_knn_") and k.endswith("_s"))
+            out += ["", f"One 4 s window ({w['tokens']} SigLIP tokens → {w['budget']}), {where}: encoder "
+                    f"{_num(w['encoder_s'] * 1000, 1)} ms on {w['encoder_device']}, FrameFusion "
+                    f"{_num(w['framefusion_s'] * 1000, 1)} ms, DPC-KNN {dpc}."]
+    return out
+
+
 def _rss_end(rss: dict[str, Any]) -> tuple[int, float] | None:
     ends = [(int(k.split("_")[1]), v) for k, v in rss.items() if re.fullmatch(r"minute_\d+", k) and k != "minute_5"]
     return max(ends) if ends else None
@@ -396,6 +422,8 @@ SECTIONS = [
              _generic(r"overhead|ratio|media_s_per_s|median_s|latency|_ms$")),
     _Section("live", "Live latency", "from capture to tokens, on a live source", _live,
              _generic(r"latency|p50|p95|drop|reconnect|max_streams|cores")),
+    _Section("encoders", "Encoder-bound throughput, CPU and GPU", "the hf encoders at base size", _encoders,
+             _generic(r"frames_per_s|audio_s_per_s|speedup|_s$")),
 ]
 
 
@@ -506,8 +534,8 @@ def render_report(results: dict[str, dict[str, Any]], *, runs: Sequence[Run] = (
         if run is not None and run.status == "failed":
             lines += [f"> This run's `{sec.name}.py` failed ({run.detail}); the result below is an older one.", ""]
         try:
-            if sec.name == "memory":
-                body = sec.render(d, {n: results[n] for n in VARIANTS["memory"] if _ok(results.get(n))})
+            if sec.name in VARIANTS:
+                body = sec.render(d, {n: results[n] for n in VARIANTS[sec.name] if _ok(results.get(n))})
             else:
                 body = sec.render(d)
         except (KeyError, TypeError, ValueError, IndexError) as err:

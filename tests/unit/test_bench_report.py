@@ -25,7 +25,7 @@ MACHINE = {"python": "3.11.7", "platform": "Linux-test", "cpus": 2, "cpu_model":
            "mem_total_kb": 16 * 1024 ** 2, "versions": {"torch": "2.14.1", "faiss": "1.15.1"}, "git": "abc1234"}
 TITLES = {"decode": "Decode limit", "dpc_knn": "DPC-KNN on FAISS", "fidelity": "Fidelity at each budget",
           "audio": "Audio real-time factor", "memory": "Memory flatness", "ray_runtime": "Ray overhead",
-          "live": "Live latency"}
+          "live": "Live latency", "encoders": "Encoder-bound throughput"}
 
 
 def _budget(ours: float, uniform: float) -> dict[str, Any]:
@@ -84,7 +84,24 @@ def synthetic() -> dict[str, dict[str, Any]]:
                             {"streams": 4, "frames_due": 64.0, "frames_encoded": 50, "drop_rate": 0.2,
                              "window_latency_s": lat, "frame_latency_s": lat, "cpu_cores_used": 1.9,
                              "reconnects": 0, "keeps_up": False}]},
+        "encoders": encoders_result(base),
     }
+
+
+def encoders_result(base: dict[str, Any], gpu: bool = False) -> dict[str, Any]:
+    rows = [{"model": "siglip-b16-224", "device": "cpu", "dtype": "float32", "batch_size": 16, "frames": 32,
+             "frames_per_s": 4.75, "tokens_per_frame": 196, "dim": 768}]
+    if gpu:
+        rows.append({"model": "siglip-b16-224", "device": "cuda", "dtype": "bfloat16", "batch_size": 64,
+                     "frames": 512, "frames_per_s": 2345.6, "tokens_per_frame": 196, "dim": 768})
+    out = {**base, "question": "how many frames per second?", "vision": rows,
+           "audio": [{"model": "whisper-base-encoder", "device": "cpu", "audio_s": 60, "audio_s_per_s": 41.5}],
+           "window": {"tokens": 1568, "budget": 128, "encoder_s": 1.68, "encoder_device": "cuda" if gpu else "cpu",
+                      "framefusion_s": 0.0077, "after_framefusion": 1568, "dpc_knn_cpu_s": 0.0391,
+                      **({"dpc_knn_cuda_s": 0.0052} if gpu else {})}}
+    if gpu:
+        out.update(gpu="NVIDIA H200", gpu_speedup={"siglip-b16-224": 493.8})
+    return out
 
 
 def section(report: str, name: str) -> str:
@@ -114,6 +131,7 @@ def test_every_section_and_its_numbers(tmp_path: Path) -> None:
         "memory": ["**1.0243**", "873.7 (min 120)", "432 / 500", "37.7×", "6.20×"],
         "ray_runtime": ["**0.81×**", "goal ratio >= 0.7 — met", "**1.37 ms**", "1.75×"],
         "live": ["**p50 0.13 s**", "**3** streams", "50/64", "20.0 %"],
+        "encoders": ["**4.8**", "196×768", "**41.5** s audio/s", "DPC-KNN cpu 39.1 ms"],
     }
     for name, needles in expected.items():
         text = section(report, name)
@@ -221,3 +239,12 @@ def test_quick_runs_in_a_scratch_copy(tmp_path: Path, capsys: pytest.CaptureFixt
     # a failing script makes the command fail, and the report says why
     assert _cli("--only", "audio", "--benchmarks", str(bench), "--out", str(tmp_path / "r2.md")) == 1
     assert "failed (exit 3" in (tmp_path / "r2.md").read_text()
+
+
+def test_gpu_encoder_results_show_beside_the_cpu_ones(tmp_path: Path) -> None:
+    base = {"date": "2031-02-03 04:05:06 UTC", "machine": MACHINE}
+    results = load_results(write(tmp_path, {"encoders": encoders_result(base),
+                                            "encoders_gpu": encoders_result(base, gpu=True)}))
+    text = section(render_report(results), "encoders")
+    assert "GPU machine (NVIDIA H200)" in text and "**2,345.6**" in text and "cuda bfloat16" in text
+    assert "**493.8×**" in text and "DPC-KNN cpu 39.1 ms, cuda 5.2 ms" in text
