@@ -46,6 +46,7 @@ from streamzip.encoders._hf import (
 )
 from streamzip.encoders._video import VideoEncoder
 from streamzip.errors import ConfigError, ModelError, Problem
+from streamzip.packets import Packet, Tokens
 from streamzip.registry import register
 
 __all__ = ["HFVisionEncoder", "HFVisionEncoderConfig", "VisionTower"]
@@ -154,6 +155,8 @@ class VisionTower:
         self._text_name = name
         self._tokenizer: Any = None
         self.query_embedding: torch.Tensor | None = None
+        #: what the last :meth:`encode` scored by: "query", "attention" or None (no score).
+        self.last_score_kind: str | None = None
         if config.query is not None:
             self.set_query(config.query)
 
@@ -281,6 +284,7 @@ class VisionTower:
                     score = self._probe_attention(last)
             if score is not None:
                 scores.append(score.float().cpu())
+        self.last_score_kind = None if len(scores) != len(feats) else "query" if query is not None else "attention"
         tokens = torch.cat(feats)
         rows, cols = self.grid
         if tokens.shape[1] != rows * cols:  # pragma: no cover - a tower with an unexpected token layout
@@ -306,6 +310,13 @@ class HFVisionEncoder(VideoEncoder):
 
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]:
         return self.tower.encode(frames)
+
+    def process(self, packet: Packet) -> list[Packet]:
+        out = super().process(packet)
+        for tokens in out:  # later stages weight by a query's relevance only (DPC-KNN's weight_by)
+            if isinstance(tokens, Tokens) and self.tower.last_score_kind is not None:
+                tokens.meta["score_kind"] = self.tower.last_score_kind
+        return out
 
     def set_query(self, text: str | None) -> None:
         """Weight the following frames by relevance to ``text`` (None: back to attention scores)."""

@@ -322,6 +322,10 @@ def test_encoder_packet_through_process_carries_scores_and_grid(models) -> None:
     assert tokens.meta["grid"] == [4, 4] and tokens.num_tokens == 48
     assert tokens.score is not None and tokens.score.shape == (48,)
     assert torch.equal(tokens.src, torch.arange(48))
+    assert tokens.meta["score_kind"] == "attention"
+    clip = encoder(models["clip"], query="a dog")
+    (guided,) = clip.process(pkt)
+    assert guided.meta["score_kind"] == "query"
 
 
 def test_cli_query_runs_query_guided_and_is_recorded(models, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
