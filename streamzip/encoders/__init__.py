@@ -12,7 +12,7 @@ from streamzip.encoders.patch import PatchEncoder, PatchEncoderConfig
 __all__ = ["FunctionEncoder", "FunctionEncoderConfig", "PatchEncoder", "PatchEncoderConfig"]
 
 # Optional encoders register themselves on import when their module exists.
-for _mod in ("streamzip.encoders.fbank", "streamzip.encoders.hf"):
+for _mod in ("streamzip.encoders.fbank", "streamzip.encoders.hf", "streamzip.encoders.hf_audio"):
     try:
         __import__(_mod)
     except ModuleNotFoundError as _err:  # only the module itself missing is fine
