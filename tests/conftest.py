@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Tests never download: the hf encoders' models are built from configs (streamzip.encoders.tiny), and a
+# step that says download: true (a fuzzed one, say) must fail fast instead of reaching for the hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 from streamzip.synthetic import ClipInfo, make_clip
 

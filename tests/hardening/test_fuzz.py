@@ -6,7 +6,8 @@
   file: never another exception, never a hang.
 - Pipelines: random YAML-ish documents and random plain data go to ``Pipeline.from_yaml`` /
   ``from_dict``, then ``validate()`` and ``build()``: a pipeline whose stages can be built, or a
-  :class:`ConfigError`, never another exception.
+  :class:`ConfigError` (or, for an hf encoder's model that cannot be loaded, a :class:`ModelError`),
+  never another exception.
 
 Examples are bounded (``max_examples``) so that the file runs in about 20 s; raise them locally with
 ``--hypothesis-seed``/``HYPOTHESIS_PROFILE`` when hunting.
@@ -27,7 +28,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from streamzip.config import config_fields
-from streamzip.errors import ConfigError, InputError
+from streamzip.errors import ConfigError, InputError, ModelError
 from streamzip.packets import AudioChunk, End, VideoFrames
 from streamzip.pipeline import Pipeline
 from streamzip.registry import available
@@ -157,7 +158,8 @@ def test_the_seeds_themselves_decode(media_dir, seeds) -> None:  # type: ignore[
 
 # -- pipelines -----------------------------------------------------------------------------------
 def load_and_build(make) -> str:  # type: ignore[no-untyped-def]
-    """``make()`` gives a Pipeline; validate and build it. Returns "valid" or "ConfigError"."""
+    """``make()`` gives a Pipeline; validate and build it. Returns "valid", "ConfigError" or "ModelError"
+    (an hf encoder's ``model`` that is no model folder and no cached id: typed, naming the fix)."""
     try:
         pipe = make()
         pipe.validate()
@@ -166,6 +168,10 @@ def load_and_build(make) -> str:  # type: ignore[no-untyped-def]
         assert err.problems, "a ConfigError lists its problems"
         assert len(str(err)) < 20_000, "a message must stay readable (and bounded)"
         return "ConfigError"
+    except ModelError as err:
+        assert err.fix and err.stage, "a ModelError names the step and the fix"
+        assert len(str(err)) < 20_000, "a message must stay readable (and bounded)"
+        return "ModelError"
     return "valid"
 
 
@@ -218,5 +224,7 @@ documents = st.fixed_dictionaries(
 @example(doc={"steps": [{"op": "function_encoder", "function": ":x"}]})
 @example(doc={"steps": [{"op": "function_encoder", "function": ".a:x"}]})
 @example(doc={"steps": [{"op": "patch_encoder", "patch_size": 10**9}]})
+@example(doc={"steps": [{"op": "hf_encoder", "model": "nobody/none", "download": True}]})
+@example(doc={"steps": [{"op": "hf_audio_encoder", "model": "./no/such/folder"}]})
 def test_random_plain_data_gives_a_pipeline_or_a_config_error(doc) -> None:  # type: ignore[no-untyped-def]
     event(bounded(lambda: load_and_build(lambda: Pipeline.from_dict(doc)), 30, "building a fuzzed pipeline"))
