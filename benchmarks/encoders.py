@@ -57,14 +57,14 @@ def vision_throughput(folder: Path, device: str, batch: int, frames: int, repeat
             "score": score is not None, "times": [round(t, 4) for t in times]}
 
 
-def audio_throughput(folder: Path, device: str, seconds: float, repeats: int) -> dict[str, Any] | None:
+def audio_throughput(folder: Path, device: str, seconds: float, repeats: int, batch: int = 1) -> dict[str, Any] | None:
     try:
         from streamzip.encoders.hf_audio import HFAudioEncoder, HFAudioEncoderConfig
     except ImportError:
         return None
     from streamzip.packets import AudioChunk
 
-    enc_cfg = HFAudioEncoderConfig(model=str(folder), device=device)
+    enc_cfg = HFAudioEncoderConfig(model=str(folder), device=device, batch_size=batch)
     audio = 0.1 * torch.randn(int(seconds * 16000))
 
     def call() -> None:
@@ -75,7 +75,7 @@ def audio_throughput(folder: Path, device: str, seconds: float, repeats: int) ->
 
     call()
     med, times = median_time(call, repeats)
-    return {"device": device, "audio_s": seconds, "seconds": round(med, 4),
+    return {"device": device, "batch_size": batch, "audio_s": seconds, "seconds": round(med, 4),
             "audio_s_per_s": round(seconds / med, 1), "times": [round(t, 4) for t in times]}
 
 
@@ -147,10 +147,11 @@ def main() -> None:
                     row = vision_throughput(folder, device, b, frames, args.repeats)
                     vision.append({"model": name, **row})
                     print(f"{name} {device} batch {b}: {row['frames_per_s']} frames/s", flush=True)
-            a = audio_throughput(whisper, device, args.audio_s, args.repeats)
-            if a is not None:
-                audio.append({"model": "whisper-base-encoder", **a})
-                print(f"whisper {device}: {a['audio_s_per_s']} s of audio per s", flush=True)
+            for b in ([1, 8] if device == "cuda" else [1]):
+                a = audio_throughput(whisper, device, args.audio_s * (8 if device == "cuda" else 1), args.repeats, b)
+                if a is not None:
+                    audio.append({"model": "whisper-base-encoder", **a})
+                    print(f"whisper {device} batch {b}: {a['audio_s_per_s']} s of audio per s", flush=True)
         window = compression_per_window(siglip, devices, args.repeats)
     result: dict[str, Any] = {
         "question": "how many frames (and seconds of audio) per second do the hf encoders take, CPU vs GPU?",

@@ -282,7 +282,8 @@ def _encoders(d: dict[str, Any], variants: dict[str, dict[str, Any]]) -> list[st
             rows.append([where, v["model"], f"{v['device']} {v['dtype']}", v["batch_size"],
                          f"**{_num(v['frames_per_s'], 1)}**", f"{v['tokens_per_frame']}×{v['dim']}"])
         for a in r.get("audio", []):
-            rows.append([where, a["model"], a["device"], "30 s windows", f"**{_num(a['audio_s_per_s'], 1)}** s audio/s", ""])
+            rows.append([where, a["model"], a["device"], f"{a.get('batch_size', 1)} × 30 s",
+                         f"**{_num(a['audio_s_per_s'], 1)}** s audio/s", "50/s"])
     out += _table(["machine", "model (random init, real size)", "device", "batch", "frames/s", "tokens/frame"], rows)
     for where, r in runs:
         if r.get("gpu_speedup"):

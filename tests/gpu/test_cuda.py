@@ -21,7 +21,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {k: save_tiny_model(k, root / k, image_size=64, patch_size=8) for k in ("clip", "siglip", "dinov2")}  # type: ignore[arg-type]
+    out = {k: save_tiny_model(k, root / k, image_size=64, patch_size=8) for k in ("clip", "siglip", "dinov2")}  # type: ignore[arg-type]
+    out["whisper"] = save_tiny_model("whisper", root / "whisper")
+    return out
 
 
 def frames(t: int = 6) -> torch.Tensor:
@@ -64,3 +66,18 @@ def test_dpc_knn_on_cuda_agrees_with_the_cpu() -> None:
     gpu = plan_clusters(x.cuda(), 128, k=5)
     same = (cpu.centers[cpu.assign] == gpu.centers.cpu()[gpu.assign.cpu()]).float().mean()
     assert float(same) >= 0.99
+
+
+def test_whisper_encoder_on_cuda_agrees_with_the_cpu(models) -> None:  # type: ignore[no-untyped-def]
+    from streamzip.encoders.hf_audio import HFAudioEncoder, HFAudioEncoderConfig
+    from streamzip.packets import AudioChunk
+
+    audio = 0.1 * torch.randn(16000 * 7, generator=torch.Generator().manual_seed(2))
+    outs = []
+    for device in ("cuda", "cpu"):
+        enc = HFAudioEncoder(HFAudioEncoderConfig(model=str(models["whisper"]), device=device))
+        chunk = AudioChunk(stream="s", samples=audio, sample_rate_hz=16000, start_s=0.0)
+        outs.append(torch.cat([t.data for t in [*enc.process(chunk), *enc.flush()]]))
+    gpu, cpu = outs
+    assert gpu.shape == cpu.shape == (350, gpu.shape[1]) and gpu.dtype == torch.float32
+    assert float(F.cosine_similarity(gpu, cpu, dim=-1).min()) > 0.99
