@@ -175,7 +175,9 @@ class VisionTower:
 
     def _grab(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Forward pre-hook: keep the attention block's input (the normed hidden states)."""
-        self._captured["h"] = kwargs.get("hidden_states", args[0] if args else None)
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if isinstance(hidden, torch.Tensor):
+            self._captured["h"] = hidden
 
     def _cls_attention(self, hidden: torch.Tensor, block: torch.nn.Module) -> torch.Tensor | None:
         """``(B, P)`` attention of the [CLS] token to each patch in ``block``, from its q/k projections
@@ -278,7 +280,7 @@ class VisionTower:
             if query is not None:
                 score = self._relevance(last, getattr(out, "pooler_output", None), query)
             elif want_score:
-                if self.prefix and "h" in captured:
+                if self.prefix and "h" in captured and attn is not None:
                     score = self._cls_attention(captured["h"], attn)
                 elif self.family == "siglip":
                     score = self._probe_attention(last)
