@@ -1,8 +1,11 @@
 """(Named ray_runtime.py: a script named ray.py would shadow the ray package.)
 
 What does the Ray runtime cost and buy on this machine? The same pipeline on 8 generated files,
-local vs Ray in one run, plus the per-packet overhead of an actor edge and the throughput with 1, 2
-and 4 streams at once (each stream its own chain of actors).
+local vs Ray in one run, plus the per-packet overhead of an actor edge, the throughput with 1, 2 and 4
+streams at once (one runtime, each stream its own actors for the steps that are not encoders, the
+encoders on one pool actor shared by the streams), 4 streams of the encoder alone (`patch_only`) on
+pools of 1, 2 and 4 actors, and one long file through `streamzip batch` whole vs cut into segments
+(`--segment-s`).
 
 Goals: Ray >= 0.7x local with one stream; report the edge overhead and the parallel throughputs.
 """
@@ -10,20 +13,26 @@ Goals: Ray >= 0.7x local with one stream; report the edge overhead and the paral
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 
+from streamzip.batch import run_batch, segment_length_s  # noqa: E402
 from streamzip.packets import Tokens  # noqa: E402
 from streamzip.pipeline import load_pipeline  # noqa: E402
+from streamzip.registry import get as get_stage  # noqa: E402
 from streamzip.runtime.local import LocalRuntime  # noqa: E402
 from streamzip.runtime.ray import RayRuntime, init_ray  # noqa: E402
+from streamzip.stats import InputResult  # noqa: E402
 from streamzip.synthetic import make_clip  # noqa: E402
 
 
@@ -38,24 +47,51 @@ def run_all(rt, pipe, files: list[str]) -> tuple[float, int, int]:  # type: igno
     return secs, len(rt.results), int(sum(r.media_s for r in rt.results))
 
 
-def parallel(pipe, files: list[str], streams: int) -> float:  # type: ignore[no-untyped-def]
-    """Media seconds per wall second with ``streams`` chains running at once over the files."""
+def parallel(rt: RayRuntime, pipe, files: list[str], streams: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Media seconds per wall second with ``streams`` streams running at once over the files (threads
+    on one runtime: its encoders on its pool, the other steps one actor per stream), and the stage
+    actors that took."""
     chunks = [files[i::streams] for i in range(streams)]
-    runtimes = [RayRuntime() for _ in range(streams)]
-    for rt in runtimes:  # start the actors before the clock
-        list(rt.run(pipe, [files[0]]))
-        rt.results.clear()
-    t = time.perf_counter()
-    threads = [threading.Thread(target=lambda rt=rt, c=c: [None for _ in rt.run(pipe, c)]) for rt, c in zip(runtimes, chunks)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    secs = time.perf_counter() - t
-    media = sum(r.media_s for rt in runtimes for r in rt.results)
-    for rt in runtimes:
-        rt.shutdown()
-    return media / secs
+    results: list[InputResult] = []
+
+    def run(paths: list[str]) -> None:
+        for path in paths:
+            r = InputResult(input=path, stream=Path(path).name)
+            results.append(r)
+            for _ in rt.run_input(pipe, path, r):
+                pass
+
+    def at_once(parts: list[list[str]]) -> float:
+        threads = [threading.Thread(target=run, args=(c,)) for c in parts]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return time.perf_counter() - t
+
+    at_once([[files[i % len(files)]] for i in range(streams)])  # every stream's actors up before the clock
+    results.clear()
+    secs = at_once(chunks)
+    encoders = sum(get_stage(s.op).kind == "encoder" for s in pipe.steps)
+    actors = rt.encoder_pool * encoders + streams * (len(pipe.steps) - encoders)
+    return {"media_s_per_s": sum(r.media_s for r in results) / secs, "stage_actors": actors}
+
+
+def segments(pipe, path: str, seconds: float, segment_s: float, out: Path) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """One long file through `streamzip batch`, whole and cut into segments (fresh outputs each)."""
+    run_batch(pipe, [path], out / "warm", segment_s=segment_s)  # Ray Data's workers up before the clock
+    timing = {}
+    for label, seg in (("whole", None), ("segments", segment_s)):
+        t = time.perf_counter()
+        (r,) = run_batch(pipe, [path], out / label, segment_s=seg)
+        timing[label] = time.perf_counter() - t
+        assert r.ok, r.error
+    shutil.rmtree(out, ignore_errors=True)
+    return {"seconds": seconds, "segment_s": segment_length_s(pipe, segment_s),
+            "whole_s": timing["whole"], "segmented_s": timing["segments"],
+            "whole_media_s_per_s": seconds / timing["whole"], "segmented_media_s_per_s": seconds / timing["segments"],
+            "speedup": timing["whole"] / timing["segments"]}
 
 
 def main() -> None:
@@ -64,7 +100,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--pipeline", default="default")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--long-seconds", type=float, default=240, help="the long file cut into segments")
+    ap.add_argument("--segment-s", type=float, default=60)
     args = ap.parse_args()
+    load_start = os.getloadavg()[0]  # a shared machine: say how busy it was
     init_ray()
     pipe = load_pipeline(args.pipeline)
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,7 +135,19 @@ def main() -> None:
         light_rt.shutdown()
         ray_rt.shutdown()
         media = args.files * args.seconds
-        par = {str(n): parallel(pipe, files, n) for n in (1, 2, 4)}
+        shared = RayRuntime(encoder_pool=1)  # one runtime: a stream's actors are reused by the next
+        par = {str(n): parallel(shared, pipe, files, n) for n in (1, 2, 4)}
+        shared.shutdown()
+        # The encoder pool alone: `patch_only` is its encoder, so 4 streams use the pool's actors only.
+        pools = {}
+        for n in (1, 2, 4):
+            rt = RayRuntime(encoder_pool=n)
+            pools[str(n)] = parallel(rt, light, files, 4)
+            rt.shutdown()
+        quarter = args.long_seconds / 4
+        long = make_clip(Path(tmp) / "long.mp4", width=480, height=270, seed=99,
+                         scenes=(("static", quarter), ("pan", quarter), ("motion", quarter), ("static", quarter))).path
+        seg = segments(pipe, long, args.long_seconds, args.segment_s, Path(tmp) / "batch")
         write_result("ray_runtime", {
             "pipeline": args.pipeline, "files": args.files, "seconds_each": args.seconds,
             "local": {"median_s": local_med, "runs_s": local_t, "media_s_per_s": media / local_med},
@@ -104,7 +155,13 @@ def main() -> None:
                     "actors_per_stream": stages, "source_packets": packets},
             "ratio_ray_to_local": local_med / ray_med,
             "edge_overhead_ms_per_packet": edge_ms,
-            "parallel_streams_media_s_per_s": par,
+            "parallel_streams_media_s_per_s": {k: v["media_s_per_s"] for k, v in par.items()},
+            "parallel_streams_stage_actors": {k: v["stage_actors"] for k, v in par.items()},
+            "encoder_pool_4_streams_pipeline": "patch_only",
+            "encoder_pool_4_streams_media_s_per_s": {k: v["media_s_per_s"] for k, v in pools.items()},
+            "encoder_pool_4_streams_stage_actors": {k: v["stage_actors"] for k, v in pools.items()},
+            "batch_long_file": seg,
+            "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},
             "goal": "ratio >= 0.7",
         })
 

@@ -132,6 +132,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.runtime != "ray":
             raise ConfigError("--address joins a Ray cluster: use it with --runtime ray")
         options["address"] = args.address
+    if args.encoder_pool is not None:
+        if args.runtime != "ray":
+            raise ConfigError("--encoder-pool sizes the Ray runtime's encoder pool: use it with --runtime ray")
+        if args.encoder_pool < 0:
+            raise ConfigError(f"--encoder-pool must be >= 0 (actors per encoder step; 0: one per stream), "
+                              f"got {args.encoder_pool}")
+        options["encoder_pool"] = args.encoder_pool
     try:
         results = run_job(pipeline, args.input, args.output, runtime=args.runtime,
                           progress=progress.update, on_start=progress.start, runtime_options=options)
@@ -162,28 +169,47 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     if args.query is not None:
         pipeline.query = args.query
     pipeline.validate()
+    if args.segment_s is not None and not args.segment_s > 0:
+        raise ConfigError(f"--segment-s must be a number of seconds > 0, got {args.segment_s:g}")
     bar: Any = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(desc="inputs", unit="input", file=sys.stderr)
     started = time.perf_counter()
+    # Segments of inputs still being cut count in frames/s and tokens before their input is done.
+    segs: dict[str, list[int]] = {}  # input -> [frames, tokens in, tokens out] of its finished segments
+    seg_count = [0, 0]
+    last: list[Any] = []
 
     def progress(results: list[Any], total: int) -> None:
+        last[:] = results
         if bar is None:
             return
         bar.total = total
         bar.n = len(results)
-        frames = sum(r.frames for r in results)
+        whole = [r for r in results if r.input not in segs]
+        frames = sum(r.frames for r in whole) + sum(v[0] for v in segs.values())
+        tin = sum(r.tokens_in for r in whole) + sum(v[1] for v in segs.values())
+        tout = sum(r.tokens_out for r in whole) + sum(v[2] for v in segs.values())
         rate = frames / max(1e-9, time.perf_counter() - started)
-        bar.set_postfix_str(f"{rate:.0f} frames/s, tokens {sum(r.tokens_in for r in results):,} → "
-                            f"{sum(r.tokens_out for r in results):,}, {sum(not r.ok for r in results)} failed",
-                            refresh=False)
+        parts = f", segments {seg_count[0]}/{seg_count[1]}" if seg_count[1] else ""
+        bar.set_postfix_str(f"{rate:.0f} frames/s, tokens {tin:,} → {tout:,}{parts}, "
+                            f"{sum(not r.ok for r in results)} failed", refresh=False)
         bar.refresh()
+
+    def on_segment(r: Any, done: int, total: int) -> None:
+        acc = segs.setdefault(r.input, [0, 0, 0])
+        acc[0] += r.frames
+        acc[1] += r.tokens_in
+        acc[2] += r.tokens_out
+        seg_count[:] = [done, total]
+        progress(last, bar.total if bar is not None else 0)
 
     try:
         results = run_batch(pipeline, args.inputs, args.output, address=args.address,
-                            cpus_per_input=args.cpus_per_input, parquet=args.parquet, progress=progress)
+                            cpus_per_input=args.cpus_per_input, parquet=args.parquet, segment_s=args.segment_s,
+                            progress=progress, on_segment=on_segment)
     finally:
         if bar is not None:
             bar.close()
@@ -307,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runtime", default="ray", choices=["local", "ray"],
                    help="ray (default): each stage a Ray actor, Ray embedded unless --address; local: in-process")
     r.add_argument("--address", help="a Ray cluster to join (host:port, ray://host:10001 or auto)")
+    r.add_argument("--encoder-pool", type=int, metavar="N",
+                   help="ray runtime: actors per encoder step, shared by every stream (default 1; "
+                        "0: an encoder actor per stream)")
     r.add_argument("--set", action="append", metavar="STEP.OPTION=VALUE", help="override an option")
     r.add_argument("--query", help="query-guided compression: keep more of what is relevant to this text "
                                    "(needs an hf_encoder with a SigLIP or CLIP model)")
@@ -320,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--address", help="a Ray cluster to join; embedded Ray when left out")
     b.add_argument("--cpus-per-input", type=float, default=1.0, help="CPUs each input's task reserves")
     b.add_argument("--parquet", action="store_true", help="also write tokens.parquet per input")
+    b.add_argument("--segment-s", type=float, metavar="SECONDS",
+                   help="cut inputs longer than this into segments run in parallel, stitched back into one "
+                        "output (cuts on window boundaries: rounded to a multiple of the windows)")
     b.add_argument("--set", action="append", metavar="STEP.OPTION=VALUE", help="override an option")
     b.add_argument("--query", help="query-guided compression for every input (see run --query)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -5,15 +5,32 @@ actors as one call per stage, each call taking the previous call's result by ref
 flow actor to actor through the object store without passing the driver. Calls from one caller to
 one actor run in submission order, which keeps every stage's input in stream order.
 
+- **Actors**: the stages that are not encoders get one actor per stream (a stream's actors are kept
+  for its runtime's next stream). **Encoders** (registry kind ``encoder``) run on a pool of
+  ``encoder_pool`` actors per encoder step, shared by every stream of the run: every runtime of this
+  process running the same encoder step shares its pool (two cameras of ``streamzip live``, streams run
+  from threads, benchmarks), so a model is loaded once per pool actor, not once per stream. A stream
+  is pinned to one pool actor (the one serving the fewest streams when it starts), so its packets
+  stay in order. A pool actor holds one operator and one *state per stream*: when consecutive calls
+  come from different streams it parks the current stream's ``snapshot()`` and ``restore()``s the
+  next one's, so each stream sees exactly the operator a per-stream actor would run (token ids, the
+  fbank encoder's carried samples…), and encoders need no change: sharing relies on an encoder's
+  ``state_dict`` being complete, which fault recovery already requires (``encoder_pool=0`` gives
+  every stream its own encoder actor instead).
 - **Backpressure**: at most ``max_inflight`` packets are between the source and the last stage; a
   file source then waits (nothing is lost).
 - **Snapshots**: every ``snapshot_every`` packets the driver queues a ``snapshot`` call on every actor
-  right behind that packet, which gives a consistent cut of the whole chain at that packet without
-  stopping the flow. The source packets after the last complete cut are kept for replay.
+  of the stream's chain right behind that packet (on a pool actor, for that stream's state), which
+  gives a consistent cut of the whole chain at that packet without stopping the flow. The source
+  packets after the last complete cut are kept for replay.
 - **Faults**: when a call fails because an actor died, Ray restarts the actor (``max_restarts``); the
   driver waits for the chain to settle, restores *every* actor from the last complete cut, replays the
-  kept packets and drops the outputs it had already passed on. Stages are deterministic, so the run
-  ends with the same tokens as an undisturbed one: no window missing, none duplicated.
+  kept packets and drops the outputs it had already passed on. A restarted pool actor has lost the
+  state of every stream it served: each of those streams finds out at its next call (the actor
+  answers :class:`StreamStateLost`) and recovers the same way, independently. Stages are
+  deterministic and restore exactly, so the run ends with the same tokens as an undisturbed one: no
+  window missing, none duplicated. (The webrtc VAD is the exception: webrtcvad's C state cannot be
+  saved, so its decisions can differ for a few seconds after a restore; ``docs/reliability.md``.)
 - ``ray.init()`` with no address starts Ray embedded on this machine, listening on loopback only;
   ``address`` joins a running cluster (KubeRay).
 
@@ -23,10 +40,14 @@ moves packets.
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import os
 import socket
+import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -52,7 +73,7 @@ from streamzip.stats import InputResult, StageStats
 if TYPE_CHECKING:
     from streamzip.pipeline import Pipeline
 
-__all__ = ["RayRuntime", "init_ray", "quiet_ray_logs"]
+__all__ = ["RayRuntime", "StreamStateLost", "init_ray", "quiet_ray_logs"]
 
 _DEATH = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
@@ -136,19 +157,44 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         raise BackendError(f"cannot start or reach Ray {where}: {err}", stage="runtime", fix=fix) from err
 
 
+class StreamStateLost(RuntimeError):
+    """A stage actor holds no state for the stream a call names: its process restarted (a pool actor
+    restarted for another stream's sake), so the stream must restore its chain from its last cut."""
+
+
+def _lost(err: BaseException) -> bool:
+    """Whether a failed call means an actor lost the stream's state (it died, or it restarted)."""
+    if isinstance(err, (*_DEATH, StreamStateLost)):
+        return True
+    return isinstance(err, ray.exceptions.RayTaskError) and isinstance(
+        getattr(err, "cause", None), (*_DEATH, StreamStateLost))
+
+
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class StageActor:
-    """One stage of one stream. ``push`` takes and returns lists of packets (a batch edge)."""
+    """One stage of one stream or, ``shared``, an encoder serving many streams (a pool actor).
 
-    def __init__(self, spec: dict[str, Any], fns: dict[int, Any], index: int, threads: int = 1) -> None:
+    Every call names the stream by ``key``. ``push`` takes and returns lists of packets (a batch
+    edge). A shared actor holds one operator (one model in memory) and a state per stream: the state
+    of the stream it served last is in the operator, the others are parked as snapshots and swapped
+    in when their stream calls (``Operator.snapshot``/``restore``, a few small tensors for encoders).
+    """
+
+    def __init__(self, spec: dict[str, Any], fns: dict[int, Any], index: int, threads: int = 1,
+                 shared: bool = False) -> None:
         import torch
 
         # One stage is one share of a core: torch's default of a thread per core in every actor
         # oversubscribes the machine (measured 6x slower merges on 2 busy cores).
         torch.set_num_threads(max(1, threads))
-        self.spec, self.fns, self.index = spec, fns, index
-        self.runner: StageRunner | None = None
+        self.spec, self.fns, self.index, self.shared = spec, fns, index, shared
+        self.stage: Any = None  # the Operator
+        self.fresh: dict[str, Any] | None = None  # shared: the snapshot of a new stream's state
+        self.loaded: str | None = None  # the stream whose state the operator holds
+        self.parked: dict[str, dict[str, Any]] = {}  # shared: the other streams' snapshots
+        self.runners: dict[str, StageRunner] = {}  # per stream: its counters (and the operator)
         self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+        self.counted: set[str] = set()  # streams whose counters include this process's restart
         self._metrics: dict[str, Any] | None = None
 
     def _metric(self) -> dict[str, Any]:
@@ -165,57 +211,155 @@ class StageActor:
             }
         return self._metrics
 
-    def reset(self, stream: str, input_name: str) -> bool:
-        """Fresh state for a new stream; returns whether this actor process is a restart."""
+    def _build(self, stream: str) -> Any:
         from streamzip.pipeline import Pipeline
 
         pipe = Pipeline.from_dict(self.spec)
         for i, fn in self.fns.items():
             pipe.steps[i].fn = fn
-        stage = pipe.build_step(self.index, stream)
-        self.runner = StageRunner([stage], InputResult(input=input_name, stream=stream))
-        if self.restarted:
-            self._metric()["restarts"].inc(tags={"stage": stage.step_id, "stream": stream})
+        return pipe.build_step(self.index, stream)
+
+    def reset(self, key: str, stream: str, input_name: str) -> bool:
+        """Fresh state for a new stream; returns whether this actor process is a restart."""
+        if self.shared:
+            if self.stage is None:
+                self.stage = self._build("")
+                self.fresh = self.stage.snapshot()
+            if self.loaded == key:
+                self.loaded = None
+            self.parked[key] = copy.deepcopy(self.fresh)  # type: ignore[arg-type]
+        else:  # one stream at a time: a fresh operator, as the local runtime builds
+            self.stage, self.loaded = self._build(stream), key
+            self.runners.clear()
+        self.runners[key] = StageRunner([self.stage], InputResult(input=input_name, stream=stream))
         return self.restarted
 
-    def push(self, packets: list[Packet]) -> list[Packet]:
-        assert self.runner is not None, "reset() first"
-        st = self.runner.stats[0]
+    def _select(self, key: str) -> StageRunner:
+        """The stream's runner, with its state in the operator."""
+        runner = self.runners.get(key)
+        if runner is None:
+            raise StreamStateLost(f"stage {self.index} holds no state for stream {key!r} (its actor restarted)")
+        if self.loaded != key:
+            if self.loaded is not None and self.loaded in self.runners:
+                self.parked[self.loaded] = copy.deepcopy(self.stage.snapshot())
+            self.stage.restore(self.parked.pop(key))
+            self.stage.stream = runner.result.stream
+            self.loaded = key
+        return runner
+
+    def push(self, key: str, packets: list[Packet]) -> list[Packet]:
+        runner = self._select(key)
+        st = runner.stats[0]
         before = (st.packets_in, st.tokens_in, st.tokens_out, st.frames_in)
-        out = [o for p in packets for o in self.runner.push(p)]
-        m, tags = self._metric(), {"stage": st.step_id, "stream": self.runner.result.stream}
+        out = [o for p in packets for o in runner.push(p)]
+        m, tags = self._metric(), {"stage": st.step_id, "stream": runner.result.stream}
         for name, b, a in zip(("packets", "tokens_in", "tokens_out", "frames"), before,
                               (st.packets_in, st.tokens_in, st.tokens_out, st.frames_in)):
             if a > b:
                 m[name].inc(a - b, tags=tags)
         return out
 
-    def snapshot(self) -> dict[str, Any]:
-        assert self.runner is not None
-        return {"stage": self.runner.stages[0].snapshot(), "stats": self.runner.stats[0].to_dict()}
+    def snapshot(self, key: str) -> dict[str, Any]:
+        runner = self.runners.get(key)
+        if runner is None:
+            raise StreamStateLost(f"stage {self.index} holds no state for stream {key!r} (its actor restarted)")
+        state = self.stage.snapshot() if self.loaded == key else self.parked[key]
+        return {"stage": state, "stats": runner.stats[0].to_dict()}
 
-    def restore(self, snap: dict[str, Any] | None, stream: str, input_name: str) -> None:
-        self.reset(stream, input_name)
+    def restore(self, key: str, snap: dict[str, Any] | None, stream: str, input_name: str) -> None:
+        self.reset(key, stream, input_name)
+        runner = self.runners[key]
         if snap is not None:
-            assert self.runner is not None
-            self.runner.stages[0].restore(snap["stage"])
+            if self.shared:
+                self.parked[key] = snap["stage"]  # swapped in at the stream's next call
+            else:
+                self.stage.restore(snap["stage"])
             for k, v in snap["stats"].items():
-                setattr(self.runner.stats[0], k, v)
-        if self.restarted:  # count this process's restart once, on top of the restored counters
-            assert self.runner is not None
-            self.runner.stats[0].restarts += 1
-            self.restarted = False
+                setattr(runner.stats[0], k, v)
+        if self.restarted and key not in self.counted:
+            # Count this process's restart once per stream, on top of the restored counters.
+            runner.stats[0].restarts += 1
+            self.counted.add(key)
+            self._metric()["restarts"].inc(tags={"stage": runner.stats[0].step_id, "stream": stream})
 
-    def stats(self) -> dict[str, Any]:
-        assert self.runner is not None
-        return self.runner.stats[0].to_dict()
+    def stats(self, key: str) -> dict[str, Any]:
+        return self._select(key).stats[0].to_dict()
 
-    def report(self) -> dict[str, Any]:
-        assert self.runner is not None
-        return self.runner.stages[0].report()
+    def report(self, key: str) -> dict[str, Any]:
+        self._select(key)
+        return self.stage.report()  # type: ignore[no-any-return]
+
+    def release(self, key: str) -> None:
+        """Forget a finished stream (a pool actor outlives many streams)."""
+        self.runners.pop(key, None)
+        self.parked.pop(key, None)
+        if self.loaded == key:
+            self.loaded = None
+
+    def streams(self) -> list[str]:
+        """The streams this actor holds a state for (a pool actor: every stream pinned to it)."""
+        return list(self.runners)
 
     def ping(self) -> bool:
         return True
+
+
+class _EncoderPool:
+    """The actors of one encoder step, shared by the streams of every runtime of this process that
+    runs the same step (see :func:`_acquire_pool`). Streams are pinned to the least busy actor."""
+
+    def __init__(self, actors: list[Any]) -> None:
+        self.actors = actors
+        self.streams = [0] * len(actors)  # streams pinned to each actor now
+        self.users = 0  # runtimes holding the pool
+        self.lock = threading.Lock()
+
+    def assign(self) -> Any:
+        with self.lock:
+            i = min(range(len(self.actors)), key=self.streams.__getitem__)
+            self.streams[i] += 1
+            return self.actors[i]
+
+    def unassign(self, actor: Any) -> None:
+        with self.lock:
+            for i, a in enumerate(self.actors):
+                if a is actor:
+                    self.streams[i] -= 1
+                    return
+
+
+_POOLS: dict[tuple[Any, ...], _EncoderPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _acquire_pool(key: tuple[Any, ...], make: Callable[[], list[Any]]) -> _EncoderPool:
+    """The pool for ``key`` (created with ``make`` the first time), held until :func:`_release_pool`."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = _EncoderPool(make())
+        pool.users += 1
+        return pool
+
+
+def _release_pool(key: tuple[Any, ...]) -> None:
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            return
+        pool.users -= 1
+        if pool.users > 0:
+            return
+        del _POOLS[key]
+    _kill(pool.actors)
+
+
+def _kill(actors: Sequence[Any]) -> None:
+    for a in actors:
+        try:
+            ray.kill(a, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone, or Ray already shut down
+            pass
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -269,8 +413,23 @@ def _driver_metrics() -> dict[str, Any]:
     return _DRIVER_METRICS
 
 
+
+class _StreamActors:
+    """The actors one stream has to itself: every step but the encoders, and its fidelity meter."""
+
+    def __init__(self, actors: dict[int, Any], meter: Any, generation: int) -> None:
+        self.actors, self.meter, self.generation = actors, meter, generation
+
+    def all(self) -> list[Any]:
+        return [*self.actors.values(), *([self.meter] if self.meter is not None else [])]
+
+
 class RayRuntime:
-    """Runs each stage of a stream as a Ray actor.
+    """Runs each stage of a stream as a Ray actor; encoders on a pool shared by streams.
+
+    Several streams may run at once, each :meth:`run_source` (or :meth:`run_input`) call from its own
+    thread: each stream gets its own actors for the steps that are not encoders (kept for the
+    runtime's next stream) and is pinned to one actor of each encoder step's pool.
 
     Args:
         address: a Ray cluster to join; None starts Ray embedded on this machine.
@@ -279,52 +438,133 @@ class RayRuntime:
         live_inflight: the same bound for live sources, kept short so that latency stays bounded.
         snapshot_every: packets between consistent snapshots of the chain (the replay window).
         restart_timeout_s: how long to wait for a dead actor to come back before giving up.
-        on_packet: test hook, called with (sequence number, actors) after each packet is submitted.
+        encoder_pool: actors per encoder step, shared by every stream of every runtime of this process
+            that runs the same step. 1 (the default): one copy of the encoder (one model in memory)
+            serves every stream, which is what a CPU patch encoder or one GPU wants; raise it when the
+            encoder is the bottleneck (e.g. one per GPU, or one per few busy cameras). 0: no pool, an
+            encoder actor per stream like the other steps (for an encoder whose ``state_dict`` is not
+            complete, which sharing needs as fault recovery does).
+        on_packet: test hook, called with (sequence number, the stream's actor per step) after each
+            packet is submitted.
     """
 
     name = "ray"
 
     def __init__(self, *, address: str | None = None, progress: Callable[[InputResult], None] | None = None,
                  max_inflight: int = 16, live_inflight: int = 2, snapshot_every: int = 8,
-                 restart_timeout_s: float = 60.0,
+                 restart_timeout_s: float = 60.0, encoder_pool: int = 1,
                  prefetch_depth: int = 4, num_cpus: int | None = None,
                  on_packet: Callable[[int, list[Any]], None] | None = None) -> None:
         if max_inflight < 1 or snapshot_every < 1:
             raise ValueError("max_inflight and snapshot_every must be >= 1")
+        if isinstance(encoder_pool, bool) or not isinstance(encoder_pool, int) or encoder_pool < 0:
+            raise ValueError(f"encoder_pool must be an int >= 0 (actors per encoder step; 0: one per stream), "
+                             f"got {encoder_pool!r}")
         self.address, self.progress = address, progress
         self.max_inflight, self.live_inflight, self.snapshot_every = max_inflight, live_inflight, snapshot_every
         self.restart_timeout_s, self.prefetch_depth, self.num_cpus = restart_timeout_s, prefetch_depth, num_cpus
+        self.encoder_pool = encoder_pool
         self.on_packet = on_packet
         self.results: list[InputResult] = []
-        self._actors: list[Any] = []
-        self._meter: Any = None
+        self._lock = threading.Lock()
         self._spec: dict[str, Any] | None = None
+        self._fns: dict[int, Any] = {}
+        self._res: list[dict[str, float]] = []
+        self._keep_assignment = True
+        self._pools: dict[int, tuple[tuple[Any, ...], _EncoderPool]] = {}  # encoder step -> (key, pool)
+        self._free: list[_StreamActors] = []  # idle per-stream actors, kept for the next stream
+        self._made: list[_StreamActors] = []  # every set made for the current pipeline
+        self._busy = 0  # streams running now
+        self._generation = 0  # bumped at shutdown: sets of an older generation are not reused
+        self._first_scale = 1.0
 
     # -- actors -------------------------------------------------------------------------------
-    def _actors_for(self, pipeline: Pipeline) -> list[Any]:
+    def _prepare(self, pipeline: Pipeline) -> None:
+        """Actor options for the pipeline's steps and its encoder pools (first use, or a new pipeline)."""
+        from streamzip.registry import get as get_stage
+
         init_ray(self.address, num_cpus=self.num_cpus)
         spec = pipeline.to_dict()
-        if self._actors and spec == self._spec:
-            return self._actors
-        self.shutdown()
-        fns = {i: s.fn for i, s in enumerate(pipeline.steps) if s.fn is not None}
-        resources = pipeline.resources()
-        scale = self._cpu_scale(sum(r.get("num_cpus", 0.25) for r in resources.values()))
-        actors = []
-        for i, step in enumerate(pipeline.steps):
-            res = resources[step.id]
-            opts: dict[str, Any] = {"num_cpus": max(0.001, round(res.get("num_cpus", 0.25) * scale, 4)), "name": None}
-            if res.get("num_gpus"):
-                opts["num_gpus"] = res["num_gpus"]
-            if res.get("memory_mb"):
-                opts["memory"] = int(res["memory_mb"] * 2**20)
-            opts.pop("name")
-            threads = max(1, int(res.get("num_cpus", 0.25)))
-            actors.append(StageActor.options(**opts).remote(spec, fns, i, threads))
-        self._actors, self._spec = actors, spec
-        # One fidelity meter per runtime, reset per input (an actor start costs a second or two).
-        self._meter = MeterActor.remote() if pipeline.keep_assignment else None
-        return actors
+        with self._lock:
+            if spec == self._spec:
+                return
+            if self._busy:
+                raise BackendError("this Ray runtime is running streams of another pipeline", stage="runtime",
+                                   fix="use one RayRuntime per pipeline when running pipelines at once")
+            self._shutdown_locked()
+            resources = pipeline.resources()
+            self._res = [resources[s.id] for s in pipeline.steps]
+            self._fns = {i: s.fn for i, s in enumerate(pipeline.steps) if s.fn is not None}
+            self._keep_assignment = pipeline.keep_assignment
+            encoders = [i for i, s in enumerate(pipeline.steps)
+                        if self.encoder_pool and get_stage(s.op).kind == "encoder"]
+            cpus = [r.get("num_cpus", 0.25) for r in self._res]
+            pooled = sum(cpus[i] for i in encoders) * self.encoder_pool
+            self._first_scale = self._cpu_scale(pooled + self._stream_cpus(encoders))
+            session = ray.get_runtime_context().get_job_id()
+            for i in encoders:
+                step = pipeline.steps[i]
+                # Runtimes share a pool when its actors would build the same operator.
+                key = (session, self.address, json.dumps(step.to_dict(), sort_keys=True, default=repr),
+                       spec.get("query"), id(step.fn) if step.fn is not None else None, self.encoder_pool)
+                opts, threads = self._options(i, self._first_scale)
+
+                def make(i: int = i, opts: dict[str, Any] = opts, threads: int = threads) -> list[Any]:
+                    return [StageActor.options(**opts).remote(spec, self._fns, i, threads, True)  # type: ignore[attr-defined]
+                            for _ in range(self.encoder_pool)]
+
+                self._pools[i] = (key, _acquire_pool(key, make))
+            self._spec = spec
+
+    def _stream_cpus(self, encoders: Sequence[int] | None = None) -> float:
+        skip = set(self._pools) if encoders is None else set(encoders)
+        return sum(r.get("num_cpus", 0.25) for i, r in enumerate(self._res) if i not in skip)
+
+    def _options(self, index: int, scale: float) -> tuple[dict[str, Any], int]:
+        """Ray options of step ``index``'s actors, and the torch threads they may use."""
+        res = self._res[index]
+        opts: dict[str, Any] = {"num_cpus": max(0.001, round(res.get("num_cpus", 0.25) * scale, 4))}
+        if res.get("num_gpus"):
+            opts["num_gpus"] = res["num_gpus"]
+        if res.get("memory_mb"):
+            opts["memory"] = int(res["memory_mb"] * 2**20)
+        return opts, max(1, int(res.get("num_cpus", 0.25)))
+
+    def _checkout(self) -> tuple[_StreamActors, dict[int, _EncoderPool]]:
+        """Actors for one stream (reused or new) and the encoder pools, for :meth:`run_source`."""
+        with self._lock:
+            assert self._spec is not None
+            pools = {i: pool for i, (_, pool) in self._pools.items()}
+            if self._free:
+                mine = self._free.pop()
+                self._busy += 1
+                return mine, pools
+            scale = self._first_scale if not self._made else self._cpu_scale(self._stream_cpus())
+            actors = {}
+            for i in range(len(self._res)):
+                if i not in pools:
+                    opts, threads = self._options(i, scale)
+                    actors[i] = StageActor.options(**opts).remote(  # type: ignore[attr-defined]
+                        self._spec, self._fns, i, threads)
+            # One fidelity meter per stream, reset per input (an actor start costs a second or two).
+            meter = MeterActor.remote() if self._keep_assignment else None  # type: ignore[attr-defined]
+            mine = _StreamActors(actors, meter, self._generation)
+            self._made.append(mine)
+            self._busy += 1
+            # Wait until they are placed, so the next stream's share is computed from what is left.
+            try:
+                ray.get([a.ping.remote() for a in actors.values()], timeout=self.restart_timeout_s * 2)
+            except ray.exceptions.GetTimeoutError:
+                pass  # reported, with what Ray has free, when the stream resets its actors
+            return mine, pools
+
+    def _checkin(self, mine: _StreamActors) -> None:
+        with self._lock:
+            self._busy -= 1
+            if mine.generation == self._generation:
+                self._free.append(mine)
+            else:
+                _kill(mine.all())
 
     def _cpu_scale(self, wanted: float) -> float:
         """On embedded Ray, shrink the stages' CPU requests to fit this machine: a CPU request is a
@@ -336,14 +576,28 @@ class RayRuntime:
         have = max(0.02, float(ray.available_resources().get("CPU", 0.0)) - 0.05)
         return min(1.0, have / wanted) if wanted > 0 else 1.0
 
+    def pool_actors(self) -> dict[str, list[Any]]:
+        """The encoder pools in use: the actors of each encoder step, by step id."""
+        from streamzip.pipeline import Pipeline
+
+        with self._lock:
+            if self._spec is None:
+                return {}
+            steps = Pipeline.from_dict(self._spec).steps
+            return {steps[i].id: list(pool.actors) for i, (_, pool) in self._pools.items()}
+
     def shutdown(self) -> None:
-        """Kill this runtime's actors (Ray itself keeps running)."""
-        for a in [*self._actors, *([self._meter] if self._meter is not None else [])]:
-            try:
-                ray.kill(a, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        self._actors, self._meter, self._spec = [], None, None
+        """Kill this runtime's actors and give back its encoder pools (Ray itself keeps running)."""
+        with self._lock:
+            self._shutdown_locked()
+
+    def _shutdown_locked(self) -> None:
+        for mine in self._made:
+            _kill(mine.all())
+        for key, _ in self._pools.values():
+            _release_pool(key)
+        self._made, self._free, self._pools, self._spec = [], [], {}, None
+        self._generation += 1
 
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
         try:
@@ -369,8 +623,11 @@ class RayRuntime:
                    live: bool = False) -> Iterator[Packet]:
         """Run the pipeline on any packet source. ``live``: drop the oldest queued media packets
         (counted in ``result.drops``) rather than make the source wait."""
-        actors = self._actors_for(pipeline)
-        chain = _Chain(self, actors, result, pipeline)
+        self._prepare(pipeline)
+        mine, pools = self._checkout()
+        pinned = {i: pool.assign() for i, pool in pools.items()}
+        actors = [pinned[i] if i in pinned else mine.actors[i] for i in range(len(pipeline.steps))]
+        chain = _Chain(self, actors, mine.meter, result, pipeline)
         t_start = time.perf_counter()
 
         def on_drop(_: Packet) -> None:
@@ -393,13 +650,16 @@ class RayRuntime:
                     self.progress(result)
             while chain.inflight_count():
                 yield from chain.complete_oldest()
-            chain.collect_stats(pipeline)
+            chain.finish()
         except StreamzipError as err:
             err.with_context(input=result.input)
             raise
         finally:
             feed.close()
             chain.close()
+            for i, a in pinned.items():
+                pools[i].unassign(a)
+            self._checkin(mine)
             update_from_source(result, source, feed, t_start)
             result.audio_s = source.stats.audio_samples / pipeline.decode.sample_rate_hz
 
@@ -407,12 +667,15 @@ class RayRuntime:
 class _Chain:
     """The packets of one stream in flight through the actors, with snapshots and replay."""
 
-    def __init__(self, rt: RayRuntime, actors: list[Any], result: InputResult, pipeline: Pipeline) -> None:
+    def __init__(self, rt: RayRuntime, actors: list[Any], meter: Any, result: InputResult,
+                 pipeline: Pipeline) -> None:
         from streamzip.registry import get as get_stage
 
-        self.rt, self.actors, self.result = rt, actors, result
+        self.rt, self.actors, self.meter, self.result = rt, actors, meter, result
+        # The stream's name in the actors: unique, since pool actors serve several streams at once
+        # and two inputs may share a file name.
+        self.key = f"{result.stream}#{uuid.uuid4().hex[:12]}"
         self.produces = [tuple(get_stage(step.op).cls.produces) for step in pipeline.steps]
-        self.meter = rt._meter
         self.next_seq = 0
         self.emitted = -1  # highest sequence number whose outputs were passed on
         self.inflight: deque[tuple[int, Any]] = deque()
@@ -421,7 +684,7 @@ class _Chain:
         self.committed: tuple[int, list[Any]] | None = None
 
     def reset(self) -> None:
-        refs = [a.reset.remote(self.result.stream, self.result.input) for a in self.actors]
+        refs = [a.reset.remote(self.key, self.result.stream, self.result.input) for a in self.actors]
         if self.meter is not None:
             refs.append(self.meter.reset.remote())
         try:
@@ -440,7 +703,7 @@ class _Chain:
     def _send(self, seq: int, ref: Any) -> None:
         r = ref
         for i, a in enumerate(self.actors):
-            r = a.push.remote(r)
+            r = a.push.remote(self.key, r)
             if self.meter is not None and self.produces[i]:
                 self.meter.originals.remote(seq, str(i), r, self.produces[i])
         if self.meter is not None:
@@ -449,6 +712,8 @@ class _Chain:
         depth = len(self.inflight)
         self.result.max_queue_depth = max(self.result.max_queue_depth, depth)
         _driver_metrics()["queue_depth"].set(depth, tags={"stream": self.result.stream})
+        if (seq + 1) % self.rt.snapshot_every == 0:
+            self.cuts.append((seq, [a.snapshot.remote(self.key) for a in self.actors]))
 
     def submit(self, packet: Packet) -> None:
         seq = self.next_seq
@@ -456,21 +721,16 @@ class _Chain:
         ref = ray.put([packet])
         self.replay.append((seq, ref))
         self._send(seq, ref)
-        if (seq + 1) % self.rt.snapshot_every == 0:
-            self.cuts.append((seq, [a.snapshot.remote() for a in self.actors]))
 
     def complete_oldest(self) -> Iterator[Packet]:
         seq, ref = self.inflight[0]
         try:
             outs = ray.get(ref)
-        except _DEATH:
-            self._recover()
-            return
-        except ray.exceptions.RayTaskError as err:
-            cause = err.cause if isinstance(getattr(err, "cause", None), BaseException) else None
-            if isinstance(cause, _DEATH):
+        except ray.exceptions.RayError as err:
+            if _lost(err):
                 self._recover()
                 return
+            cause = getattr(err, "cause", None)
             if isinstance(cause, StreamzipError):
                 raise cause from None
             raise
@@ -490,8 +750,10 @@ class _Chain:
                 return
             try:
                 ray.get(refs)
-            except _DEATH:
-                self.cuts.popleft()  # a stage died taking it: the older cut stays
+            except ray.exceptions.RayError as err:
+                if not _lost(err):
+                    raise
+                self.cuts.popleft()  # a stage died, or lost the stream, taking it: the older cut stays
                 continue
             self.cuts.popleft()
             self.committed = (seq, refs)
@@ -499,7 +761,8 @@ class _Chain:
                 self.replay.popleft()
 
     def _recover(self) -> None:
-        """An actor died: wait for the restart, restore every actor from the committed cut, replay."""
+        """An actor died or lost the stream's state: wait for the restart, restore every actor of the
+        chain from the committed cut, replay."""
         self.result.restarts += 1
         _driver_metrics()["recoveries"].inc(tags={"stream": self.result.stream})
         pending = [r for _, r in self.inflight] + [r for _, refs in self.cuts for r in refs]
@@ -518,20 +781,34 @@ class _Chain:
                                            fix="check the Ray logs for why the worker keeps dying") from err
                     time.sleep(0.2)
         snap_refs = self.committed[1] if self.committed is not None else [None] * len(self.actors)
-        ray.get([a.restore.remote(s, self.result.stream, self.result.input)
+        ray.get([a.restore.remote(self.key, s, self.result.stream, self.result.input)
                  for a, s in zip(self.actors, snap_refs)])
         self.inflight.clear()
         self.cuts.clear()
         for seq, ref in list(self.replay):
             self._send(seq, ref)
-            if (seq + 1) % self.rt.snapshot_every == 0:
-                self.cuts.append((seq, [a.snapshot.remote() for a in self.actors]))
 
-    def collect_stats(self, pipeline: Pipeline) -> None:
-        stats = ray.get([a.stats.remote() for a in self.actors])
+    def finish(self) -> None:
+        """The stages' counters and reports, after the last packet. A pool actor that restarted for
+        another stream's sake since this stream's last call has lost its state: restore and replay
+        (nothing new comes out), then ask again."""
+        for attempt in range(3):
+            try:
+                self._collect()
+                return
+            except ray.exceptions.RayError as err:
+                if not _lost(err) or attempt == 2:
+                    raise
+                self._recover()
+                while self.inflight:
+                    for _ in self.complete_oldest():
+                        pass  # replayed packets: their outputs were passed on already
+
+    def _collect(self) -> None:
+        stats = ray.get([a.stats.remote(self.key) for a in self.actors])
         self.result.stages = [StageStats(**s) for s in stats]
         self.result.tokens_in = sum(s.tokens_out for s, p in zip(self.result.stages, self.produces) if p)
-        reports = ray.get([a.report.remote() for a in self.actors])
+        reports = ray.get([a.report.remote(self.key) for a in self.actors])
         self.result.reports = {st.step_id: r for st, r in zip(self.result.stages, reports) if r}
         if self.meter is not None:
             try:
@@ -540,4 +817,9 @@ class _Chain:
                 self.result.fidelity = None  # the meter is best effort: it never fails a run
 
     def close(self) -> None:
-        self.meter = None  # the runtime owns it
+        """Let the actors forget the stream (pool actors outlive it)."""
+        for a in self.actors:
+            try:
+                a.release.remote(self.key)
+            except Exception:  # noqa: BLE001 - a dead actor has forgotten it already
+                pass
