@@ -289,6 +289,14 @@ class StageActor:
         self._select(key)
         return self.stage.report()  # type: ignore[no-any-return]
 
+    def set_query(self, key: str, text: str | None) -> list[str]:
+        """Query-guided compression: the stream's stage weights its next packets by ``text``."""
+        self._select(key)
+        if not self.stage.accepts_query:
+            return []
+        self.stage.set_query(text)
+        return [self.stage.step_id]
+
     def release(self, key: str) -> None:
         """Forget a finished stream (a pool actor outlives many streams)."""
         self.runners.pop(key, None)
@@ -475,6 +483,7 @@ class RayRuntime:
         self._free: list[_StreamActors] = []  # idle per-stream actors, kept for the next stream
         self._made: list[_StreamActors] = []  # every set made for the current pipeline
         self._busy = 0  # streams running now
+        self._running: set[_Chain] = set()  # the chains of the streams running now (set_query)
         self._generation = 0  # bumped at shutdown: sets of an older generation are not reused
         self._first_scale = 1.0
 
@@ -607,6 +616,16 @@ class RayRuntime:
             pass
 
     # -- running ------------------------------------------------------------------------------
+    def set_query(self, text: str | None) -> list[str]:
+        """Weight what the running streams take next by relevance to ``text`` (None: drop the query);
+        the ids of the steps that took it. Safe to call from another thread (the live endpoint does)."""
+        took: list[str] = []
+        for chain in list(self._running):
+            refs = [chain.actors[i].set_query.remote(chain.key, text) for i in chain.query_steps]
+            for ids in ray.get(refs, timeout=self.restart_timeout_s):
+                took.extend(i for i in ids if i not in took)
+        return took
+
     def run(self, pipeline: Pipeline, inputs: Sequence[str]) -> Iterator[Packet]:
         """Yield the final packets of every input in turn; raise on the first bad input."""
         pipeline.validate()
@@ -628,6 +647,7 @@ class RayRuntime:
         pinned = {i: pool.assign() for i, pool in pools.items()}
         actors = [pinned[i] if i in pinned else mine.actors[i] for i in range(len(pipeline.steps))]
         chain = _Chain(self, actors, mine.meter, result, pipeline)
+        self._running.add(chain)
         t_start = time.perf_counter()
 
         def on_drop(_: Packet) -> None:
@@ -655,6 +675,7 @@ class RayRuntime:
             err.with_context(input=result.input)
             raise
         finally:
+            self._running.discard(chain)
             feed.close()
             chain.close()
             for i, a in pinned.items():
@@ -676,6 +697,7 @@ class _Chain:
         # and two inputs may share a file name.
         self.key = f"{result.stream}#{uuid.uuid4().hex[:12]}"
         self.produces = [tuple(get_stage(step.op).cls.produces) for step in pipeline.steps]
+        self.query_steps = [i for i, step in enumerate(pipeline.steps) if get_stage(step.op).cls.accepts_query]
         self.next_seq = 0
         self.emitted = -1  # highest sequence number whose outputs were passed on
         self.inflight: deque[tuple[int, Any]] = deque()

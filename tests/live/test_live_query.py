@@ -48,8 +48,9 @@ def guided_pipeline(model: Path) -> Pipeline:
             .add("window", window_s=2.0))
 
 
-def test_a_posted_question_reweights_the_following_windows(rtsp_server, siglip) -> None:  # type: ignore[no-untyped-def]
-    server = serve(guided_pipeline(siglip), [rtsp_server.url("/cam1")], port=0)
+@pytest.mark.parametrize("runtime", ["local", "ray"])
+def test_a_posted_question_reweights_the_following_windows(rtsp_server, siglip, runtime) -> None:  # type: ignore[no-untyped-def]
+    server = serve(guided_pipeline(siglip), [rtsp_server.url("/cam1")], port=0, runtime=runtime)
     try:
         stream = server.streams["cam1"]
         assert wait_until(lambda: stream.windows.get("video", 0) >= 1 or stream.status == "failed", 60), stream.info()
@@ -74,6 +75,10 @@ def test_a_posted_question_reweights_the_following_windows(rtsp_server, siglip) 
         assert code == 200 and body["streams"]["cam1"]["query"] is None and stream.info()["query"] is None
     finally:
         (result,) = server.stop()
+        if runtime == "ray":
+            import ray
+
+            ray.shutdown()
     assert result.ok, result.error
 
 
