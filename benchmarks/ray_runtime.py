@@ -100,9 +100,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--pipeline", default="default")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--long-seconds", type=float, default=240, help="the long file cut into segments")
-    ap.add_argument("--segment-s", type=float, default=60)
+    ap.add_argument("--long-seconds", type=float, help="the long file cut into segments (default: 3x the files)")
+    ap.add_argument("--segment-s", type=float, help="segment length (default: a quarter of the long file)")
     args = ap.parse_args()
+    args.long_seconds = args.long_seconds or 3 * args.files * args.seconds
+    args.segment_s = args.segment_s or args.long_seconds / 4
     load_start = os.getloadavg()[0]  # a shared machine: say how busy it was
     init_ray()
     pipe = load_pipeline(args.pipeline)
