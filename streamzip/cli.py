@@ -7,6 +7,7 @@ error (nothing ran). Errors print one clear message, no traceback unless ``--deb
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -301,9 +302,18 @@ def _cmd_steps(args: argparse.Namespace) -> int:
     for name, info in available().items():
         print(f"{name} ({info.kind}): {info.summary}")
         if args.verbose:
-            defaults = info.cls.config_class()
+            # The declared defaults, read without building a config: some options have none that
+            # validates (an hf encoder's model must be given).
+            declared = {f.name: f for f in dataclasses.fields(info.cls.config_class)}
             for field in config_fields(info.cls.config_class):
-                print(f"    {field} = {getattr(defaults, field)!r}")
+                f = declared[field]
+                if f.default is not dataclasses.MISSING:
+                    value = repr(f.default)
+                elif f.default_factory is not dataclasses.MISSING:
+                    value = repr(f.default_factory())
+                else:
+                    value = "(required)"
+                print(f"    {field} = {value}{'  (required)' if field == 'model' and not f.default else ''}")
     return 0
 
 

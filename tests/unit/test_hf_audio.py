@@ -37,7 +37,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def encoder(path: Path, **kw) -> HFAudioEncoder:  # type: ignore[no-untyped-def]
-    return HFAudioEncoder(HFAudioEncoderConfig(model=str(path), **kw), stream="s")
+    """On the CPU in float32 (exact comparisons); tests/gpu checks the CUDA path."""
+    return HFAudioEncoder(HFAudioEncoderConfig(model=str(path), **{"device": "cpu", **kw}), stream="s")
 
 
 def speech(rate: int, seconds: float, seed: int = 0) -> torch.Tensor:
@@ -295,7 +296,7 @@ def test_pipeline_vad_whisper_atome_on_a_generated_clip(models, tmp_path) -> Non
     clip = make_clip(tmp_path / "speech.m4a", scenes=(("static", 6),), video=False,
                      speech=[(0.5, 2.5), (3.5, 5.5)])
     pipe = (Pipeline("whisper_speech").add("vad")
-            .add("hf_audio_encoder", id="enc", model=str(models["whisper"]))
+            .add("hf_audio_encoder", id="enc", model=str(models["whisper"]), device="cpu")
             .add("atome", threshold=None, max_tokens=30))
     rt = LocalRuntime()
     packets = [p for p in rt.run(pipe, [clip.path]) if isinstance(p, Tokens)]
