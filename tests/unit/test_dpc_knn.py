@@ -9,8 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import streamzip.operators.dpc_knn as dpc
 from streamzip.errors import ConfigError, TokenError
 from streamzip.operators.dpc_knn import (
+    AUTO_MIN_TOKENS,
     DPCKNN,
     DPCKNNConfig,
     apply_clusters,
@@ -116,6 +118,112 @@ def test_approximate_indexes_mostly_agree(index: str) -> None:
     centres, assign = reference_dpc_knn(x, 60, 5)
     assert plan.centers.numel() == 60 and int(plan.assign.max()) < 60
     assert (plan.centers[plan.assign] == centres[assign]).float().mean().item() >= 0.9
+
+
+def same_assignment(a: dpc.ClusterPlan, centres: torch.Tensor, assign: torch.Tensor) -> float:
+    return (a.centers[a.assign] == centres[assign]).float().mean().item()
+
+
+@pytest.mark.parametrize("n,d,groups", [(6000, 128, 40), (8000, 64, 200), (5000, 256, 250)])
+def test_ivf_cells_agree_with_the_quadratic_reference(n: int, d: int, groups: int) -> None:
+    # groups of 150, 40 and 20 tokens: the cells hold whole groups or parts of one
+    x = clustered(n, d, groups, seed=n)
+    plan = plan_clusters(x, n // 50, 5, index="ivf")
+    assert plan.search == "ivf" and plan.recall is None  # asked for: not checked
+    centres, assign = reference_dpc_knn(x, n // 50, 5)
+    assert same_assignment(plan, centres, assign) >= 0.99
+    assert len(set(plan.centers.tolist()) & set(centres.tolist())) >= 0.98 * centres.numel()
+    # a centre's δ is exact (the search over all denser tokens), as the flat search gives it
+    flat = plan_clusters(x, n // 50, 5, index="flat")
+    both = [c for c in plan.centers.tolist() if c in set(flat.centers.tolist())]
+    assert torch.allclose(plan.delta[both], flat.delta[both], rtol=1e-4)
+
+
+def test_auto_is_exact_below_the_threshold_and_checked_cells_above(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = clustered(3000, 48, 24, seed=11)
+    exact = plan_clusters(x, 60, 5, index="flat")
+    small = plan_clusters(x, 60, 5)  # auto, N < AUTO_MIN_TOKENS: the flat search, bit for bit
+    assert AUTO_MIN_TOKENS > 3000 and small.search == "flat" and small.recall is None
+    for field in ("centers", "assign", "density", "delta"):
+        assert torch.equal(getattr(small, field), getattr(exact, field))
+    monkeypatch.setattr(dpc, "AUTO_MIN_TOKENS", 2000)
+    big = plan_clusters(x, 60, 5)
+    assert big.search == "ivf" and big.recall is not None and big.recall >= 0.98
+    assert same_assignment(big, exact.centers, exact.assign) >= 0.99
+
+
+def test_auto_searches_exactly_where_the_cells_miss(monkeypatch: pytest.MonkeyPatch) -> None:
+    # plain noise has no local structure: the cells find few of the sampled tokens' neighbours
+    monkeypatch.setattr(dpc, "AUTO_MIN_TOKENS", 2000)
+    x = torch.randn(3000, 32, generator=torch.Generator().manual_seed(0))
+    plan = plan_clusters(x, 60, 5)
+    assert plan.search == "flat" and plan.recall is not None and plan.recall < 0.98
+    exact = plan_clusters(x, 60, 5, index="flat")
+    assert torch.equal(plan.assign, exact.assign) and torch.equal(plan.centers, exact.centers)
+
+
+def test_ivf_gives_the_same_plan_whatever_the_thread_count() -> None:
+    x = clustered(4000, 64, 40, seed=4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = plan_clusters(x, 80, 5, index="ivf")
+        torch.set_num_threads(3)
+        three = plan_clusters(x, 80, 5, index="ivf")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    for field in ("centers", "assign", "density", "delta"):
+        assert torch.equal(getattr(one, field), getattr(three, field))
+
+
+def test_torch_search_agrees_with_faiss_flat(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the search CUDA runs (and the CPU where FAISS is missing), here on the CPU
+    x = clustered(3000, 64, 30, seed=8)
+    exact = plan_clusters(x, 60, 5, index="flat")
+    monkeypatch.setattr(dpc, "_faiss", lambda: None)
+    plan = plan_clusters(x, 60, 5, index="flat")
+    assert plan.search == "torch" and exact.search == "flat"
+    assert torch.allclose(plan.density, exact.density, rtol=1e-5)
+    assert torch.allclose(plan.delta, exact.delta, rtol=1e-4, atol=1e-6)
+    assert same_assignment(plan, exact.centers, exact.assign) >= 0.999
+    with pytest.raises(ImportError, match="hnsw needs FAISS"):
+        plan_clusters(x, 60, 5, index="hnsw")
+
+
+def test_importable_and_exact_without_faiss(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['faiss'] = None\n"  # import faiss now raises ImportError
+        "import torch\n"
+        "from streamzip.operators.dpc_knn import DPCKNN, DPCKNNConfig, plan_clusters\n"
+        "x = torch.cat([torch.randn(50, 8) + 5 * torch.randn(1, 8) for _ in range(6)])\n"
+        "plan = plan_clusters(x, 6, 5)\n"
+        "assert plan.search == 'torch', plan.search\n"
+        "assert sorted(torch.bincount(plan.assign).tolist()) == [50] * 6\n"
+        "assert 'faiss' not in sys.modules or sys.modules['faiss'] is None\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+
+
+def test_device_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError) as err:
+        DPCKNNConfig(device="gpu")
+    assert [p.path for p in err.value.problems] == ["device"]
+    tok = make(clustered(160, 8, 5, seed=3).reshape(10, 16, 8))
+    cpu = DPCKNN(DPCKNNConfig(max_tokens=20, device="cpu"))
+    auto = DPCKNN(DPCKNNConfig(max_tokens=20))
+    a, b = cpu.process(tok) + cpu.flush(), auto.process(tok) + auto.flush()
+    assert [o.num_tokens for o in a] == [20, 20]
+    if not torch.cuda.is_available():  # auto is the CPU here: the same tokens
+        assert all(torch.equal(p.data, q.data) for p, q in zip(a, b))
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            DPCKNN(DPCKNNConfig(max_tokens=20, device="cuda"), step_id="cluster").process(tok)
 
 
 def test_edge_cases_pass_through_or_clamp() -> None:
