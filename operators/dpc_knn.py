@@ -92,7 +92,7 @@ from streamzip.tokens import merge_groups
 from streamzip.windows import WindowedOperator
 
 __all__ = ["AUTO_MIN_TOKENS", "ClusterPlan", "DPCKNN", "DPCKNNConfig", "apply_clusters", "plan_clusters",
-           "reduce_tokens", "segment_events"]
+           "query_weights", "reduce_tokens", "segment_events"]
 
 IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 
@@ -522,7 +522,7 @@ def _exact_centres(x: torch.Tensor, norms: torch.Tensor, density: torch.Tensor, 
 
 
 def _plan(x: torch.Tensor, num_clusters: int, k: int, neighbours: int, index: str,
-          pool: ThreadPoolExecutor | None) -> ClusterPlan:
+          pool: ThreadPoolExecutor | None, weight: torch.Tensor | None = None) -> ClusterPlan:
     """DPC-KNN of ``x (N, D)`` float32 into ``num_clusters`` clusters (see the module docstring)."""
     n, dim = x.shape
     k = max(1, min(k, n))
@@ -576,6 +576,8 @@ def _plan(x: torch.Tensor, num_clusters: int, k: int, neighbours: int, index: st
     delta = torch.sqrt(delta2 / dim).to(torch.float32)
 
     score = density * delta
+    if weight is not None:  # query-guided: relevant tokens become centres first (more resolution there)
+        score = score * weight.to(score.device, torch.float32)
     centers = torch.sort(score, descending=True, stable=True).indices[:num_clusters]
     assign = search.nearest(centers)
     assign[centers] = torch.arange(centers.numel(), dtype=torch.int64, device=x.device)
@@ -584,12 +586,13 @@ def _plan(x: torch.Tensor, num_clusters: int, k: int, neighbours: int, index: st
 
 
 def plan_clusters(x: torch.Tensor, num_clusters: int, k: int = 5, *, index: IndexKind = "auto",
-                  neighbours: int = 32) -> ClusterPlan:
+                  neighbours: int = 32, weight: torch.Tensor | None = None) -> ClusterPlan:
     """DPC-KNN of ``x (N, D)`` into ``num_clusters`` clusters, on ``x``'s device (module docstring).
 
     ``k`` (clamped to N) sets the density; ``neighbours`` is how many nearest tokens are searched for a
     denser one before the (rarer) longer searches. With ``num_clusters ≥ N`` every token is its own
-    centre.
+    centre. ``weight (N,)``, positive: multiplies each token's centre score ρ·δ (query-guided
+    clustering, :func:`query_weights`); None leaves the plan exactly as without it.
 
     FAISS's BLAS and torch sum in a different order with a different thread count, which can flip a
     near tie and so a cluster; on the CPU each matrix product runs on one thread (the blocked searches
@@ -605,7 +608,7 @@ def plan_clusters(x: torch.Tensor, num_clusters: int, k: int = 5, *, index: Inde
         raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
     xf = x.detach().to(torch.float32).contiguous()
     if xf.device.type != "cpu":
-        return _plan(xf, num_clusters, k, neighbours, index, None)
+        return _plan(xf, num_clusters, k, neighbours, index, None, weight)
     faiss = _faiss()
     workers = torch.get_num_threads()
     faiss_threads = faiss.omp_get_max_threads() if faiss is not None else 1
@@ -614,7 +617,7 @@ def plan_clusters(x: torch.Tensor, num_clusters: int, k: int = 5, *, index: Inde
     torch.set_num_threads(1)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="dpc_knn") if workers > 1 else None
     try:
-        return _plan(xf, num_clusters, k, neighbours, index, pool)
+        return _plan(xf, num_clusters, k, neighbours, index, pool, weight)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -653,10 +656,23 @@ def segment_events(frames: torch.Tensor, num_events: int, k: int = 5) -> torch.T
     return cut.to(torch.int64).cumsum(0)
 
 
-def _share(budget: int, counts: torch.Tensor) -> torch.Tensor:
-    """Split ``budget`` over groups in proportion to ``counts`` (largest remainder, each ≥ 1, ≤ count)."""
-    total = int(counts.sum())
-    exact = counts.to(torch.float64) * budget / total
+def query_weights(score: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """Positive weights from relevance scores: ``exp(strength · z)``, ``z`` the score standardised over
+    the window and clipped to ±3 (so one outlier cannot take the whole budget; the largest ratio is
+    ``e^(6·strength)``). All ones when the scores are all equal or ``strength`` is 0."""
+    s = score.detach().to(torch.float64)
+    std = s.std(unbiased=False) if s.numel() > 1 else s.new_zeros(())
+    if strength == 0 or not float(std) > 1e-9:
+        return torch.ones(s.shape, dtype=torch.float32)
+    z = ((s - s.mean()) / std).clamp(-3.0, 3.0)
+    return torch.exp(strength * z).to(torch.float32)
+
+
+def _share(budget: int, counts: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Split ``budget`` over groups in proportion to ``counts`` (× ``weights``, when given) by largest
+    remainder, each group getting ≥ 1 and ≤ its count."""
+    mass = counts.to(torch.float64) if weights is None else counts.to(torch.float64) * weights.to(torch.float64)
+    exact = mass * budget / mass.sum()
     share = exact.floor().to(torch.int64).clamp(min=1)
     share = torch.minimum(share, counts)
     # The floor of 1 per group can overshoot: take back from the largest shares (never below 1).
@@ -677,20 +693,23 @@ def _share(budget: int, counts: torch.Tensor) -> torch.Tensor:
 
 def reduce_tokens(tokens: Tokens, max_tokens: int, k: int = 5, *, event_level: bool = False,
                   event_ratio: float = 0.25, index: IndexKind = "auto", neighbours: int = 32,
-                  device: torch.device | str | None = None) -> Tokens:
+                  device: torch.device | str | None = None, weight: torch.Tensor | None = None) -> Tokens:
     """Cluster one window's tokens down to ``max_tokens`` (unchanged when it already fits).
 
     With ``event_level`` the frames (runs of equal ``t0``) are first cut into
     ``ceil(T · event_ratio)`` contiguous events (frame descriptor: the size-weighted mean token), and
     each event is clustered on its own share of the budget. ``device``: where the clustering computes
-    (the tokens' own, the CPU, when None); the result is on the CPU either way.
+    (the tokens' own, the CPU, when None); the result is on the CPU either way. ``weight (n,)``
+    (:func:`query_weights`): relevant tokens become centres first and, with events, an event's share of
+    the budget grows with its mean weight — relevant moments keep more resolution (LongVU's rule).
     """
     n = tokens.num_tokens
     if n <= max_tokens:
         return tokens
     data = tokens.data if device is None else tokens.data.to(device)
     if not event_level:
-        return apply_clusters(tokens, plan_clusters(data, max_tokens, k, index=index, neighbours=neighbours))
+        return apply_clusters(tokens, plan_clusters(data, max_tokens, k, index=index, neighbours=neighbours,
+                                                    weight=weight))
     frame = frame_ids(tokens.t0)
     num_frames = int(frame[-1]) + 1
     w = tokens.size.to(torch.float32).unsqueeze(1)
@@ -703,12 +722,17 @@ def reduce_tokens(tokens: Tokens, max_tokens: int, k: int = 5, *, event_level: b
         event = torch.div(event * max_tokens, num_runs, rounding_mode="floor")
     event = event[frame]
     counts = torch.bincount(event)
-    share = _share(max_tokens, counts)
+    mean_w = None
+    if weight is not None:
+        mean_w = torch.zeros(counts.numel(), dtype=torch.float64).index_add_(0, event, weight.to(torch.float64))
+        mean_w = mean_w / counts.to(torch.float64)
+    share = _share(max_tokens, counts, mean_w)
     group = torch.empty(n, dtype=torch.int64)
     offset = 0
     for e in range(int(counts.numel())):
         idx = (event == e).nonzero().squeeze(1)
-        plan = plan_clusters(data[idx.to(data.device)], int(share[e]), k, index=index, neighbours=neighbours)
+        plan = plan_clusters(data[idx.to(data.device)], int(share[e]), k, index=index, neighbours=neighbours,
+                             weight=None if weight is None else weight[idx])
         group[idx] = plan.assign.cpu() + offset
         offset += int(share[e])
     return merge_groups(tokens, group)
@@ -738,6 +762,12 @@ class DPCKNNConfig(Config):
     neighbours: int = 32
     # "auto": a CUDA GPU when PyTorch sees one (exact blocked search there, far faster), else the CPU.
     device: str = "auto"
+    # Which token scores steer the clustering (Tokens.score): "query" only a query's relevance (the
+    # hf_encoder marks it, meta score_kind), "score" any score ([CLS] attention too), "none" never.
+    weight_by: Literal["query", "score", "none"] = "query"
+    # exp(strength · standardised score) multiplies each token's centre score: 1 lets a token one
+    # standard deviation more relevant be a centre as if 2.7x denser; 0 turns steering off.
+    query_strength: float = 1.0
 
     def check(self) -> Iterator[tuple[str, str]]:
         if self.max_tokens < 1:
@@ -752,6 +782,8 @@ class DPCKNNConfig(Config):
             yield "neighbours", f"must be >= 1, got {self.neighbours}"
         if (msg := check_device(self.device)) is not None:
             yield "device", msg
+        if not (math.isfinite(self.query_strength) and 0.0 <= self.query_strength <= 10.0):
+            yield "query_strength", f"must be in [0, 10], got {self.query_strength}"
 
 
 @register("dpc_knn")
@@ -770,6 +802,10 @@ class DPCKNN(WindowedOperator):
         device = self._device
         if device is None:  # resolved on first use, once; a config error names this step
             device = self._device = resolve_device(c.device, field=f"{self.step_id}.device")
+        weight = None
+        steer = (c.weight_by == "score" or (c.weight_by == "query" and window.meta.get("score_kind") == "query"))
+        if steer and window.score is not None and c.query_strength > 0:
+            weight = query_weights(window.score, c.query_strength)
         return reduce_tokens(window, c.max_tokens, c.k, event_level=c.event_level, event_ratio=c.event_ratio,
                              index=c.index, neighbours=c.neighbours,
-                             device=None if device.type == "cpu" else device)
+                             device=None if device.type == "cpu" else device, weight=weight)

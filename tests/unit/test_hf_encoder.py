@@ -352,3 +352,17 @@ steps:
 
     assert main(["run", "default", "-i", src, "--runtime", "local", "-q", "--query", "a red car"]) == 2
     assert "no step takes a query" in capsys.readouterr().err
+
+
+def test_a_query_steers_dpc_knn_in_a_pipeline(models) -> None:  # type: ignore[no-untyped-def]
+    def run(weight_by: str, query: str | None = "a red car") -> list:  # type: ignore[type-arg]
+        pipe = (Pipeline("q", decode={"fps": 4, "width": 32, "height": 32}, query=query)
+                .add("hf_encoder", id="enc", model=str(models["clip"]), device="cpu")
+                .add("dpc_knn", max_tokens=12, window_s=2.0, weight_by=weight_by))
+        return [p for p in LocalRuntime().run(pipe, ["lavfi:testsrc2=size=64x64:rate=10:duration=4"])
+                if hasattr(p, "data")]
+    steered, plain = run("query"), run("none")
+    assert [p.num_tokens for p in steered] == [p.num_tokens for p in plain] == [12, 12]
+    assert any(not torch.equal(a.data, b.data) for a, b in zip(steered, plain))
+    # attention scores (no query) leave DPC-KNN as it was unless weight_by: score
+    assert all(torch.equal(a.data, b.data) for a, b in zip(run("query", None), run("none", None)))
