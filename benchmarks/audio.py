@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from streamzip.operators.atome import ATome, ATomeConfig
-from streamzip.operators.vad import VAD, VADConfig
 
 from streamzip.encoders.fbank import FbankEncoder
+from streamzip.operators.atome import ATome, ATomeConfig
+from streamzip.operators.vad import VAD, VADConfig
 from streamzip.packets import AudioChunk, Tokens
 from streamzip.tokens import cat, cosine_to_represented, merge_groups
 

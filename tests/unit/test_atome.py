@@ -8,6 +8,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from streamzip.errors import ConfigError, TokenError
 from streamzip.operators.atome import (
     ATome,
     ATomeConfig,
@@ -16,8 +18,6 @@ from streamzip.operators.atome import (
     greedy_disjoint,
     plan_merges,
 )
-
-from streamzip.errors import ConfigError, TokenError
 from streamzip.packets import AUDIO, Tokens
 from streamzip.registry import get
 from streamzip.tokens import cat, take, with_fresh_assignment

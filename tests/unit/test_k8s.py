@@ -9,8 +9,8 @@ strict field validation is: an object schema with ``properties`` takes no other 
 from __future__ import annotations
 
 import argparse
-import math
 import functools
+import math
 import os
 import re
 import shlex

@@ -7,9 +7,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streamzip.operators.vad import VAD, Hangover, VADConfig, smooth_decisions
 
 from streamzip.errors import ConfigError, InputError
+from streamzip.operators.vad import VAD, Hangover, VADConfig, smooth_decisions
 from streamzip.packets import AudioChunk, Gap
 from streamzip.registry import get
 from streamzip.synthetic import speech_like
