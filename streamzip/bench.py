@@ -49,7 +49,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "encoders": ["--frames", "8", "--repeats", "1", "--audio-s", "10"],
 }
 #: Extra result files read with a benchmark's own (variants written with ``--name``).
-VARIANTS = {"memory": ("memory_window_only",), "encoders": ("encoders_gpu",)}
+VARIANTS = {"memory": ("memory_window_only",), "encoders": ("encoders_gpu",), "dpc_knn": ("dpc_knn_gpu",)}
 
 
 # -- running --------------------------------------------------------------------------------------
@@ -194,7 +194,23 @@ def _decode(d: dict[str, Any]) -> list[str]:
                      ["pipeline", _num(pipe["median_s"]), _num(pipe["source_frames_per_s"], 0)]])]
 
 
-def _dpc_knn(d: dict[str, Any]) -> list[str]:
+def _dpc_knn(d: dict[str, Any], variants: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    out = _dpc_knn_cpu(d)
+    gpu = (variants or {}).get("dpc_knn_gpu")
+    if gpu:
+        rows = [[_num(c["n"]), _num(c.get("blobs")), _num(c["reference_s"]), _num(c["ours_s"]),
+                 f"**{_num(c['speedup'])}×**", _pct(c["assignment_agreement"]),
+                 f"{_num(c.get('reference_peak_gib'))} / **{_num(c.get('ours_peak_gib'))}**"]
+                for c in gpu.get("compare", [])]
+        out += ["", f"On a GPU ({gpu.get('gpu') or _short_machine(gpu.get('machine', {}))}, "
+                    f"{gpu.get('date', 'undated')}, `benchmarks/gpu_dpc_knn.py`): the exact blocked search "
+                    "against the O(N²) form on the same GPU.", "",
+                *_table(["N", "blobs", "reference s", "ours s", "speed-up", "agreement",
+                         "peak GPU GiB reference / ours"], rows)]
+    return out
+
+
+def _dpc_knn_cpu(d: dict[str, Any]) -> list[str]:
     rows = []
     for c in d.get("compare", []):
         for index, r in c.get("faiss", {}).items():

@@ -248,3 +248,14 @@ def test_gpu_encoder_results_show_beside_the_cpu_ones(tmp_path: Path) -> None:
     text = section(render_report(results), "encoders")
     assert "GPU machine (NVIDIA H200)" in text and "**2,345.6**" in text and "cuda bfloat16" in text
     assert "**493.8×**" in text and "DPC-KNN cpu 39.1 ms, cuda 5.2 ms" in text
+
+
+def test_gpu_dpc_knn_results_show_in_the_dpc_knn_section(tmp_path: Path) -> None:
+    docs = synthetic()
+    gpu = {"date": "2031-02-03 04:05:06 UTC", "machine": MACHINE, "gpu": "NVIDIA H200",
+           "compare": [{"n": 65536, "blobs": 64, "reference_s": 0.2792, "ours_s": 0.2577, "speedup": 1.08,
+                        "assignment_agreement": 1.0, "reference_peak_gib": 52.28, "ours_peak_gib": 2.31}]}
+    results = load_results(write(tmp_path, {"dpc_knn": docs["dpc_knn"], "dpc_knn_gpu": gpu}))
+    text = section(render_report(results), "dpc_knn")
+    assert "On a GPU (NVIDIA H200" in text and "52.28 / **2.31**" in text and "**1.08×**" in text
+    assert "**12.34×**" in text  # the CPU table is still there
