@@ -621,9 +621,15 @@ class RayRuntime:
         the ids of the steps that took it. Safe to call from another thread (the live endpoint does)."""
         took: list[str] = []
         for chain in list(self._running):
-            refs = [chain.actors[i].set_query.remote(chain.key, text) for i in chain.query_steps]
-            for ids in ray.get(refs, timeout=self.restart_timeout_s):
-                took.extend(i for i in ids if i not in took)
+            chain.query_events.append((chain.next_seq, text))
+            try:
+                for ids in ray.get(chain.send_query(text), timeout=self.restart_timeout_s):
+                    took.extend(i for i in ids if i not in took)
+            except ray.exceptions.RayError as err:
+                if not _lost(err):
+                    raise
+                # the actor died: the stream's recovery replays this query at its place in the stream
+                took.extend(i for i in chain.query_step_ids if i not in took)
         return took
 
     def run(self, pipeline: Pipeline, inputs: Sequence[str]) -> Iterator[Packet]:
@@ -698,6 +704,9 @@ class _Chain:
         self.key = f"{result.stream}#{uuid.uuid4().hex[:12]}"
         self.produces = [tuple(get_stage(step.op).cls.produces) for step in pipeline.steps]
         self.query_steps = [i for i, step in enumerate(pipeline.steps) if get_stage(step.op).cls.accepts_query]
+        self.query_step_ids = [pipeline.steps[i].id for i in self.query_steps]
+        # (first packet it applies to, query) for every set_query of the run, replayed after a recovery
+        self.query_events: list[tuple[int, str | None]] = []
         self.next_seq = 0
         self.emitted = -1  # highest sequence number whose outputs were passed on
         self.inflight: deque[tuple[int, Any]] = deque()
@@ -721,6 +730,10 @@ class _Chain:
 
     def inflight_count(self) -> int:
         return len(self.inflight)
+
+    def send_query(self, text: str | None) -> list[Any]:
+        """``set_query`` on the stream's query-taking actors, queued behind the packets sent so far."""
+        return [self.actors[i].set_query.remote(self.key, text) for i in self.query_steps]
 
     def _send(self, seq: int, ref: Any) -> None:
         r = ref
@@ -807,8 +820,16 @@ class _Chain:
                  for a, s in zip(self.actors, snap_refs)])
         self.inflight.clear()
         self.cuts.clear()
+        # Live queries set after the cut are not in the restored state: each goes in again right before
+        # the packet it first applied to, so the replay weights every packet as the first run did.
+        cut = self.committed[0] if self.committed is not None else -1
+        events = [(s, q) for s, q in list(self.query_events) if s > cut]
         for seq, ref in list(self.replay):
+            while events and events[0][0] <= seq:
+                self.send_query(events.pop(0)[1])
             self._send(seq, ref)
+        for _, q in events:
+            self.send_query(q)
 
     def finish(self) -> None:
         """The stages' counters and reports, after the last packet. A pool actor that restarted for
