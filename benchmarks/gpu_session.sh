@@ -2,7 +2,7 @@
 # The GPU checks in one go, for a machine with a CUDA GPU and PyTorch + transformers already installed
 # but no network (the wheels this repo needs beyond them — PyAV, FAISS — are given in WHEELS, a folder).
 #
-#   WHEELS=.whl OUT=/tmp/out bash benchmarks/gpu_session.sh
+#   WHEELS=.whl OUT=/tmp/out bash benchmarks/gpu_session.sh     (SKIP_BENCH=1: the tests only)
 #
 # 1. lays streamzip out as installed, and installs the wheels, in a private site folder (nothing fetched);
 # 2. runs the CUDA tests (tests/gpu) and the hf encoder / DPC-KNN unit tests on this machine;
@@ -29,11 +29,13 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.
 print("transformers", transformers.__version__, "streamzip", streamzip.__version__)
 EOF2
 status=0
-tests=(/tmp/streamzip-tests/gpu /tmp/streamzip-tests/unit/test_hf_encoder.py /tmp/streamzip-tests/unit/test_dpc_knn.py)
+tests=(/tmp/streamzip-tests/gpu /tmp/streamzip-tests/unit/test_hf_encoder.py /tmp/streamzip-tests/unit/test_dpc_knn.py
+       /tmp/streamzip-tests/unit/test_query_weights.py)
 [ -f /tmp/streamzip-tests/unit/test_hf_audio.py ] && tests+=(/tmp/streamzip-tests/unit/test_hf_audio.py)
 timeout 300 python3 -m pytest -q -p no:cacheprovider --rootdir /tmp/streamzip-tests "${tests[@]}" 2>&1 \
   | tee "$OUT/tests.log" | tail -25
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
+[ -n "${SKIP_BENCH:-}" ] && exit $status  # SKIP_BENCH=1: the tests only
 timeout 400 python3 "$REPO/benchmarks/encoders.py" --device both 2>&1 | tail -70 || status=1
 cp "$REPO"/benchmarks/results/encoders_gpu.json "$OUT/" 2>/dev/null
 if [ -f "$REPO/benchmarks/gpu_dpc_knn.py" ]; then
