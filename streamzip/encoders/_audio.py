@@ -1,19 +1,26 @@
 """Shared machinery of the audio stages: input checks, contiguity in stream time, and a streaming
 resampler whose output does not depend on how the audio was cut into chunks.
 
-Used by the ``fbank_encoder`` and by the VAD operator (``streamzip.operators.vad``).
+Used by the audio encoders (:class:`StretchEncoder`, their shared streaming) and by the VAD operator
+(``streamzip.operators.vad``).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from streamzip.errors import InputError
-from streamzip.packets import AudioChunk
+from streamzip.operator import Operator
+from streamzip.packets import AUDIO, AudioChunk, Gap, Packet, Tokens
+from streamzip.tokens import with_fresh_assignment
 
-__all__ = ["BlockResampler", "audio_samples", "is_contiguous"]
+__all__ = ["STRETCH_RATE_HZ", "BlockResampler", "StretchEncoder", "audio_samples", "is_contiguous"]
+
+#: the rate the audio encoders work at; other inputs are resampled to it.
+STRETCH_RATE_HZ = 16000
 
 
 def audio_samples(chunk: AudioChunk, *, stage: str | None = None) -> torch.Tensor:
@@ -154,3 +161,112 @@ class BlockResampler:
         self._buf = buf.clone().to(torch.float32)
         self._total_in = int(state["total_in"])  # type: ignore[call-overload]
         self._next = int(state["next"])  # type: ignore[call-overload]
+
+
+class StretchEncoder(Operator):
+    """Base of the streaming audio encoders (``fbank_encoder``, ``hf_audio_encoder``): the *stretch*.
+
+    A stretch is a run of contiguous chunks at one sample rate, resampled to 16 kHz by one
+    :class:`BlockResampler`. A chunk that does not follow on, another rate, a gap or the end closes the
+    stretch (the resampler's tail, then :meth:`_feed` with ``final=True``). Subclasses keep their own
+    buffer and counters: they implement :meth:`_feed`, :meth:`_clear_own`, :meth:`_own_state` and
+    :meth:`_load_own_state`, and build their tokens with :meth:`_audio_tokens`.
+    """
+
+    accepts = (AudioChunk,)
+    modalities = (AUDIO,)
+    produces = (AUDIO,)
+
+    def __init__(self, config: Any = None, **kw: Any) -> None:
+        super().__init__(config, **kw)
+        self._next_id = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        """No stretch open."""
+        self._rate: int | None = None
+        self._origin_s = 0.0  # stream time of the stretch's first sample
+        self._expected_s: float | None = None  # where the next contiguous chunk starts
+        self._resampler: BlockResampler | None = None
+        self._stream_name = self.stream  # the stream of the chunks of this stretch
+        self._clear_own()
+
+    # -- what subclasses add --------------------------------------------------------------------
+    def _clear_own(self) -> None:
+        raise NotImplementedError
+
+    def _feed(self, x: torch.Tensor, *, final: bool) -> list[Packet]:
+        """Take 16 kHz samples of the stretch; ``final``: the stretch ends, emit everything."""
+        raise NotImplementedError
+
+    def _own_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _load_own_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # -- the stream ---------------------------------------------------------------------------
+    def process(self, packet: Packet) -> list[Packet]:
+        assert isinstance(packet, AudioChunk)
+        samples = audio_samples(packet, stage=self.step_id)
+        out: list[Packet] = []
+        if samples.numel() == 0:
+            return out
+        rate = packet.sample_rate_hz
+        if rate != self._rate or not is_contiguous(self._expected_s, packet.start_s, rate):
+            out.extend(self._end_stretch())
+            self._rate, self._origin_s, self._stream_name = rate, float(packet.start_s), packet.stream
+            self._resampler = BlockResampler(rate, STRETCH_RATE_HZ) if rate != STRETCH_RATE_HZ else None
+        self._expected_s = float(packet.start_s) + samples.numel() / rate
+        x = self._resampler.push(samples) if self._resampler is not None else samples
+        out.extend(self._feed(x, final=False))
+        return out
+
+    def _audio_tokens(self, data: torch.Tensor, start_s: torch.Tensor, end_s: torch.Tensor,
+                      meta: dict[str, Any]) -> Tokens:
+        """Audio tokens covering ``[start_s, end_s)`` seconds from the stretch's start, with fresh ids."""
+        n = data.shape[0]
+        tokens = Tokens(
+            stream=self._stream_name, modality=AUDIO, data=data,
+            t0=self._origin_s + start_s, t1=self._origin_s + end_s,
+            pos=torch.full((n, 2), -1, dtype=torch.int32), size=torch.ones(n, dtype=torch.int64), meta=meta,
+        )
+        with_fresh_assignment(tokens, self._next_id)
+        self._next_id += n
+        return tokens
+
+    def _end_stretch(self) -> list[Packet]:
+        if self._rate is None:
+            return []
+        tail = self._resampler.finish() if self._resampler is not None else torch.zeros(0)
+        out = self._feed(tail, final=True)
+        self._clear()
+        return out
+
+    def flush(self) -> list[Packet]:
+        return self._end_stretch()
+
+    def on_gap(self, gap: Gap) -> list[Packet]:
+        return [*self._end_stretch(), gap]
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "next_id": self._next_id, "rate": self._rate, "origin_s": self._origin_s,
+            "expected_s": self._expected_s, "stream_name": self._stream_name,
+            "resampler": self._resampler.state_dict() if self._resampler is not None else None,
+            **self._own_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._next_id = int(state["next_id"])
+        self._rate = None if state["rate"] is None else int(state["rate"])
+        self._origin_s = float(state["origin_s"])
+        self._expected_s = None if state["expected_s"] is None else float(state["expected_s"])
+        self._stream_name = str(state["stream_name"])
+        self._resampler = None
+        if self._rate is not None and self._rate != STRETCH_RATE_HZ:
+            self._resampler = BlockResampler(self._rate, STRETCH_RATE_HZ)
+            if state["resampler"] is not None:
+                self._resampler.load_state_dict(state["resampler"])
+        self._load_own_state(state)

@@ -40,16 +40,15 @@ import torch
 from torchaudio.compliance import kaldi
 
 from streamzip.config import Config
-from streamzip.encoders._audio import BlockResampler, audio_samples, is_contiguous
-from streamzip.operator import Operator
-from streamzip.packets import AUDIO, AudioChunk, Gap, Packet, Tokens
+from streamzip.encoders._audio import STRETCH_RATE_HZ, StretchEncoder
+from streamzip.packets import Packet, Tokens
 from streamzip.registry import register
-from streamzip.tokens import cat, with_fresh_assignment
+from streamzip.tokens import cat
 
 __all__ = ["FbankEncoder", "FbankEncoderConfig", "fbank_frames", "frames_to_tokens", "FEATURE_RATE_HZ"]
 
 #: The rate the features are computed at; other inputs are resampled to it.
-FEATURE_RATE_HZ = 16000
+FEATURE_RATE_HZ = STRETCH_RATE_HZ
 _FRAME_LEN = 400  # 25 ms at 16 kHz
 _HOP = 160  # 10 ms at 16 kHz
 _HOP_S = _HOP / FEATURE_RATE_HZ
@@ -122,47 +121,17 @@ def frames_to_tokens(frames: torch.Tensor, frames_per_token: int, mode: str) -> 
 
 
 @register("fbank_encoder", kind="encoder")
-class FbankEncoder(Operator):
+class FbankEncoder(StretchEncoder):
     """Kaldi log-mel filterbanks stacked into audio tokens (default 25 tokens/s, 320 dims)."""
 
     config_class = FbankEncoderConfig
     config: FbankEncoderConfig
-    accepts = (AudioChunk,)
-    modalities = (AUDIO,)
-    produces = (AUDIO,)
 
-    def __init__(self, config: FbankEncoderConfig | None = None, **kw: Any) -> None:
-        super().__init__(config, **kw)
-        self._next_id = 0
-        self._clear()
-
-    def _clear(self) -> None:
-        """No stretch open."""
-        self._rate: int | None = None
-        self._origin_s = 0.0  # stream time of the stretch's first sample
-        self._expected_s: float | None = None  # where the next contiguous chunk starts
-        self._resampler: BlockResampler | None = None
+    def _clear_own(self) -> None:
         self._buf = torch.zeros(0, dtype=torch.float32)  # 16 kHz samples from the next frame on
-        self._stream_name = self.stream  # the stream of the chunks of this stretch
         self._token_frame = 0  # the stretch's frame index of the next frame
 
     # -- the stream ---------------------------------------------------------------------------
-    def process(self, packet: Packet) -> list[Packet]:
-        assert isinstance(packet, AudioChunk)
-        samples = audio_samples(packet, stage=self.step_id)
-        out: list[Packet] = []
-        if samples.numel() == 0:
-            return out
-        rate = packet.sample_rate_hz
-        if rate != self._rate or not is_contiguous(self._expected_s, packet.start_s, rate):
-            out.extend(self._end_stretch())
-            self._rate, self._origin_s, self._stream_name = rate, float(packet.start_s), packet.stream
-            self._resampler = BlockResampler(rate, FEATURE_RATE_HZ) if rate != FEATURE_RATE_HZ else None
-        self._expected_s = float(packet.start_s) + samples.numel() / rate
-        x = self._resampler.push(samples) if self._resampler is not None else samples
-        out.extend(self._feed(x, final=False))
-        return out
-
     def _feed(self, x: torch.Tensor, *, final: bool) -> list[Packet]:
         """Add 16 kHz samples; turn every whole block of frames (all frames left when ``final``) into
         tokens. Blocks have a fixed number of frames, counted from the stretch's start, because the
@@ -194,50 +163,13 @@ class FbankEncoder(Operator):
         first = self._token_frame + torch.arange(n, dtype=torch.float64) * k
         last = torch.clamp(first + k, max=float(self._token_frame + frames.shape[0]))
         self._token_frame += frames.shape[0]
-        tokens = Tokens(
-            stream=self._stream_name, modality=AUDIO, data=data,
-            t0=self._origin_s + first * _HOP_S, t1=self._origin_s + last * _HOP_S,
-            pos=torch.full((n, 2), -1, dtype=torch.int32), size=torch.ones(n, dtype=torch.int64),
-            meta={"frames_per_token": k, "frame_shift_s": _HOP_S, "feature": "fbank"},
-        )
-        with_fresh_assignment(tokens, self._next_id)
-        self._next_id += n
-        return tokens
-
-    def _end_stretch(self) -> list[Packet]:
-        """Finish the open stretch: the resampler's tail, the last frames, a partial last token."""
-        if self._rate is None:
-            return []
-        tail = self._resampler.finish() if self._resampler is not None else torch.zeros(0)
-        out = self._feed(tail, final=True)
-        self._clear()
-        return out
-
-    def flush(self) -> list[Packet]:
-        return self._end_stretch()
-
-    def on_gap(self, gap: Gap) -> list[Packet]:
-        return [*self._end_stretch(), gap]
+        return self._audio_tokens(data, first * _HOP_S, last * _HOP_S,
+                                  {"frames_per_token": k, "frame_shift_s": _HOP_S, "feature": "fbank"})
 
     # -- snapshots ----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "next_id": self._next_id, "rate": self._rate, "origin_s": self._origin_s,
-            "expected_s": self._expected_s, "buf": self._buf.clone(), "stream_name": self._stream_name,
-            "token_frame": self._token_frame,
-            "resampler": self._resampler.state_dict() if self._resampler is not None else None,
-        }
+    def _own_state(self) -> dict[str, Any]:
+        return {"buf": self._buf.clone(), "token_frame": self._token_frame}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._next_id = int(state["next_id"])
-        self._rate = None if state["rate"] is None else int(state["rate"])
-        self._origin_s = float(state["origin_s"])
-        self._expected_s = None if state["expected_s"] is None else float(state["expected_s"])
+    def _load_own_state(self, state: dict[str, Any]) -> None:
         self._buf = state["buf"].clone()
-        self._stream_name = str(state["stream_name"])
         self._token_frame = int(state["token_frame"])
-        self._resampler = None
-        if self._rate is not None and self._rate != FEATURE_RATE_HZ:
-            self._resampler = BlockResampler(self._rate, FEATURE_RATE_HZ)
-            if state["resampler"] is not None:
-                self._resampler.load_state_dict(state["resampler"])

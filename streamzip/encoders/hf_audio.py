@@ -55,18 +55,17 @@ import torch
 
 from streamzip.config import Config
 from streamzip.devices import DTYPES, check_device, resolve_device, resolve_dtype
-from streamzip.encoders._audio import BlockResampler, audio_samples, is_contiguous
+from streamzip.encoders._audio import STRETCH_RATE_HZ, StretchEncoder
 from streamzip.encoders._hf import AUDIO_TYPES, VISION_TYPES, load_config, load_model, transformers_module
 from streamzip.errors import ConfigError, ModelError, Problem
-from streamzip.operator import Operator
-from streamzip.packets import AUDIO, AudioChunk, Gap, Packet, Tokens
+from streamzip.packets import Packet, Tokens
 from streamzip.registry import register
-from streamzip.tokens import cat, with_fresh_assignment
+from streamzip.tokens import cat
 
 __all__ = ["HFAudioEncoder", "HFAudioEncoderConfig", "WhisperTower", "whisper_log_mel", "SAMPLE_RATE_HZ"]
 
 #: Whisper's input rate; other inputs are resampled to it.
-SAMPLE_RATE_HZ = 16000
+SAMPLE_RATE_HZ = STRETCH_RATE_HZ
 _N_FFT = 400  # 25 ms
 _HOP = 160  # 10 ms
 
@@ -191,50 +190,23 @@ class WhisperTower:
 
 
 @register("hf_audio_encoder", kind="encoder")
-class HFAudioEncoder(Operator):
+class HFAudioEncoder(StretchEncoder):
     """Whisper encoder states as audio tokens, 50 per second (20 ms each), streamed in segments."""
 
     config_class = HFAudioEncoderConfig
     config: HFAudioEncoderConfig
-    accepts = (AudioChunk,)
-    modalities = (AUDIO,)
-    produces = (AUDIO,)
     resources = {"num_cpus": 1.0}
 
     def __init__(self, config: HFAudioEncoderConfig | None = None, **kw: Any) -> None:
         super().__init__(config, **kw)
         self.tower = WhisperTower(self.config, stage=self.step_id)
-        self._next_id = 0
-        self._clear()
 
-    def _clear(self) -> None:
-        """No stretch open."""
-        self._rate: int | None = None
-        self._origin_s = 0.0  # stream time of the stretch's first sample
-        self._expected_s: float | None = None  # where the next contiguous chunk starts
-        self._resampler: BlockResampler | None = None
+    def _clear_own(self) -> None:
         self._pending: list[torch.Tensor] = []  # 16 kHz samples of the unfinished segment
         self._num_pending = 0
-        self._stream_name = self.stream
         self._segment = 0  # index in the stretch of the unfinished segment
 
     # -- the stream ---------------------------------------------------------------------------
-    def process(self, packet: Packet) -> list[Packet]:
-        assert isinstance(packet, AudioChunk)
-        samples = audio_samples(packet, stage=self.step_id)
-        out: list[Packet] = []
-        if samples.numel() == 0:
-            return out
-        rate = packet.sample_rate_hz
-        if rate != self._rate or not is_contiguous(self._expected_s, packet.start_s, rate):
-            out.extend(self._end_stretch())
-            self._rate, self._origin_s, self._stream_name = rate, float(packet.start_s), packet.stream
-            self._resampler = BlockResampler(rate, SAMPLE_RATE_HZ) if rate != SAMPLE_RATE_HZ else None
-        self._expected_s = float(packet.start_s) + samples.numel() / rate
-        x = self._resampler.push(samples) if self._resampler is not None else samples
-        out.extend(self._feed(x, final=False))
-        return out
-
     def _feed(self, x: torch.Tensor, *, final: bool) -> list[Packet]:
         """Add 16 kHz samples; encode every complete group of ``batch_size`` segments (everything
         pending, the unfinished segment padded, when ``final``)."""
@@ -260,53 +232,18 @@ class HFAudioEncoder(Operator):
         first = start + torch.arange(n, dtype=torch.float64) * step
         last = torch.clamp(first + step, max=float(start + num_samples))
         self._segment += 1
-        tokens = Tokens(
-            stream=self._stream_name, modality=AUDIO, data=data,
-            t0=self._origin_s + first / SAMPLE_RATE_HZ, t1=self._origin_s + last / SAMPLE_RATE_HZ,
-            pos=torch.full((n, 2), -1, dtype=torch.int32), size=torch.ones(n, dtype=torch.int64),
-            meta={"feature": "whisper", "token_s": step / SAMPLE_RATE_HZ, "segment_s": self.tower.segment_s},
-        )
-        with_fresh_assignment(tokens, self._next_id)
-        self._next_id += n
-        return tokens
-
-    def _end_stretch(self) -> list[Packet]:
-        """Finish the open stretch: the resampler's tail and the unfinished segment, padded."""
-        if self._rate is None:
-            return []
-        tail = self._resampler.finish() if self._resampler is not None else torch.zeros(0)
-        out = self._feed(tail, final=True)
-        self._clear()
-        return out
-
-    def flush(self) -> list[Packet]:
-        return self._end_stretch()
-
-    def on_gap(self, gap: Gap) -> list[Packet]:
-        return [*self._end_stretch(), gap]
+        return self._audio_tokens(data, first / SAMPLE_RATE_HZ, last / SAMPLE_RATE_HZ,
+                                  {"feature": "whisper", "token_s": step / SAMPLE_RATE_HZ,
+                                   "segment_s": self.tower.segment_s})
 
     # -- snapshots ----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def _own_state(self) -> dict[str, Any]:
         buf = torch.cat(self._pending) if self._pending else torch.zeros(0, dtype=torch.float32)
-        return {
-            "next_id": self._next_id, "rate": self._rate, "origin_s": self._origin_s,
-            "expected_s": self._expected_s, "buf": buf, "stream_name": self._stream_name,
-            "segment": self._segment,
-            "resampler": self._resampler.state_dict() if self._resampler is not None else None,
-        }
+        return {"buf": buf, "segment": self._segment}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._next_id = int(state["next_id"])
-        self._rate = None if state["rate"] is None else int(state["rate"])
-        self._origin_s = float(state["origin_s"])
-        self._expected_s = None if state["expected_s"] is None else float(state["expected_s"])
+    def _load_own_state(self, state: dict[str, Any]) -> None:
         buf = state["buf"].to(torch.float32).clone()
         self._pending = [buf] if buf.numel() else []
         self._num_pending = buf.numel()
-        self._stream_name = str(state["stream_name"])
         self._segment = int(state["segment"])
-        self._resampler = None
-        if self._rate is not None and self._rate != SAMPLE_RATE_HZ:
-            self._resampler = BlockResampler(self._rate, SAMPLE_RATE_HZ)
-            if state["resampler"] is not None:
-                self._resampler.load_state_dict(state["resampler"])
+
