@@ -821,6 +821,13 @@ def run_live(pipeline: Any, urls: Sequence[str], host: str = "127.0.0.1", port: 
     """Serve until interrupted (Ctrl-C, SIGTERM), ``stop`` is set or ``duration_s`` passes; returns the
     per-stream results."""
     server = serve(pipeline, urls, host=host, port=port, token=token, runtime=runtime, **options)
+    return serve_until(server, duration_s, stop)
+
+
+def serve_until(server: LiveServer, duration_s: float | None = None,
+                stop: threading.Event | None = None) -> list[InputResult]:
+    """Wait until interrupted (Ctrl-C, SIGTERM), ``stop`` is set, ``duration_s`` passes or every stream
+    ended; then stop the (started) server and return the per-stream results."""
     stop = stop or threading.Event()
     restore = None
     if threading.current_thread() is threading.main_thread():
@@ -884,19 +891,7 @@ def _cmd_live(args: argparse.Namespace) -> int:
                         token=token, rtsp=rtsp, credentials=creds, output=args.output)
     server.start()
     print(f"serving {server.url} — streams: {', '.join(server.streams)} (Ctrl-C to stop)", flush=True)
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    deadline = None if args.duration is None else time.monotonic() + args.duration
-    try:
-        while not stop.wait(0.5):
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            if all(not s.thread.is_alive() for s in server.streams.values()):
-                break
-    except KeyboardInterrupt:
-        pass
-    results = server.stop()
+    results = serve_until(server, args.duration)
     from streamzip.cli import summary_table
 
     print(summary_table(results))
