@@ -149,7 +149,12 @@ class VisionTower:
         mean, std = _FAMILY_NORM[self.family]
         self.mean = torch.tensor(norm.get("image_mean", mean), dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(norm.get("image_std", std), dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._layers = self._encoder_layers()
+        # The chosen layer's attention block and its q/k projections, found once: [CLS] attention is
+        # computed from them on the block's input, which a forward pre-hook catches.
+        block = self._encoder_layers()[self.layer_index - 1]
+        self._attn: torch.nn.Module | None = getattr(block, "self_attn", None) or getattr(block, "attention", None)
+        self._qk = ((_find_linear(self._attn, ("q_proj", "query")), _find_linear(self._attn, ("k_proj", "key")))
+                    if self._attn is not None else (None, None))
         self._captured: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()  # a live query may be set from another thread
         self._text_name = name
@@ -179,11 +184,10 @@ class VisionTower:
         if isinstance(hidden, torch.Tensor):
             self._captured["h"] = hidden
 
-    def _cls_attention(self, hidden: torch.Tensor, block: torch.nn.Module) -> torch.Tensor | None:
-        """``(B, P)`` attention of the [CLS] token to each patch in ``block``, from its q/k projections
-        applied to the block's attention input ``hidden`` (the fast kernel returns no weights)."""
-        q_lin = _find_linear(block, ("q_proj", "query"))
-        k_lin = _find_linear(block, ("k_proj", "key"))
+    def _cls_attention(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """``(B, P)`` attention of the [CLS] token to each patch in the chosen layer, from its q/k
+        projections applied to the block's attention input ``hidden`` (the fast kernel returns no weights)."""
+        q_lin, k_lin = self._qk
         if q_lin is None or k_lin is None:
             return None
         b, n, d = hidden.shape
@@ -256,15 +260,11 @@ class VisionTower:
         with self._lock:
             query = self.query_embedding
         want_score = self.config.score != "none" or query is not None
-        block = self._layers[self.layer_index - 1]
-        attn = getattr(block, "self_attn", None) or getattr(block, "attention", None)
+        attn = self._attn if want_score and query is None and self.prefix else None
         for s in range(0, frames.shape[0], self.config.batch_size):
             pixels = self.preprocess(frames[s:s + self.config.batch_size])
-            captured = self._captured
-            captured.clear()
-            hook = None
-            if want_score and query is None and self.prefix and attn is not None:
-                hook = attn.register_forward_pre_hook(self._grab, with_kwargs=True)
+            self._captured.clear()
+            hook = attn.register_forward_pre_hook(self._grab, with_kwargs=True) if attn is not None else None
             try:
                 kw: dict[str, Any] = {"output_hidden_states": self.layer_index != self.num_layers}
                 if self.interpolate:
@@ -280,8 +280,8 @@ class VisionTower:
             if query is not None:
                 score = self._relevance(last, getattr(out, "pooler_output", None), query)
             elif want_score:
-                if self.prefix and "h" in captured and attn is not None:
-                    score = self._cls_attention(captured["h"], attn)
+                if "h" in self._captured:
+                    score = self._cls_attention(self._captured["h"])
                 elif self.family == "siglip":
                     score = self._probe_attention(last)
             if score is not None:
