@@ -302,18 +302,16 @@ def _cmd_steps(args: argparse.Namespace) -> int:
     for name, info in available().items():
         print(f"{name} ({info.kind}): {info.summary}")
         if args.verbose:
-            # The declared defaults, read without building a config: some options have none that
-            # validates (an hf encoder's model must be given).
-            declared = {f.name: f for f in dataclasses.fields(info.cls.config_class)}
-            for field in config_fields(info.cls.config_class):
-                f = declared[field]
-                if f.default is not dataclasses.MISSING:
-                    value = repr(f.default)
-                elif f.default_factory is not dataclasses.MISSING:
-                    value = repr(f.default_factory())
-                else:
-                    value = "(required)"
-                print(f"    {field} = {value}{'  (required)' if field == 'model' and not f.default else ''}")
+            # The declared defaults; an option whose default does not validate must be given.
+            try:
+                info.cls.config_class()
+                required: set[str] = set()
+            except ConfigError as err:
+                required = {p.path for p in err.problems}
+            for f in dataclasses.fields(info.cls.config_class):
+                if f.name in config_fields(info.cls.config_class):
+                    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                    print(f"    {f.name} = {value!r}{'  (required)' if f.name in required else ''}")
     return 0
 
 
