@@ -104,14 +104,8 @@ def compression_per_window(folder: Path, devices: list[str], repeats: int) -> di
     out["framefusion_s"] = round(median_time(fuse, repeats)[0], 4)
     out["after_framefusion"] = sum(p.num_tokens for p in fused)
     for device in devices:
-        cfg_fields = DPCKNNConfig.__dataclass_fields__
-        kw = {"device": device} if "device" in cfg_fields else {}
-        if device.startswith("cuda") and not kw:
-            out[f"dpc_knn_{device}"] = "no device option in this build"
-            continue
-
-        def cluster(kw: dict[str, Any] = kw, device: str = device) -> Any:
-            op = DPCKNN(DPCKNNConfig(max_tokens=128, **kw))
+        def cluster(device: str = device) -> Any:
+            op = DPCKNN(DPCKNNConfig(max_tokens=128, device=device))
             res = [*op.process(fused[0]), *op.flush()]
             _sync(device)
             return res

@@ -147,29 +147,26 @@ def load_tokenizer(name: str, *, stage: str, download: bool, why: str) -> Any:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "tokenizer.model")
 
 
-def _file_at_hand(name: str, filename: str, *, download: bool) -> bool:
+def _local_file(name: str, filename: str, *, download: bool) -> Path | None:
+    """Where ``filename`` of the model is on this machine (a folder's file, or the hub cache's copy,
+    fetched first only when ``download`` allows it), or None."""
     if Path(name).is_dir():
-        return (Path(name) / filename).is_file()
+        path = Path(name) / filename
+        return path if path.is_file() else None
     try:
         from huggingface_hub import hf_hub_download
 
-        hf_hub_download(name, filename, local_files_only=not download or is_offline())
-        return True
+        return Path(hf_hub_download(name, filename, local_files_only=not download or is_offline()))
     except Exception:  # noqa: BLE001 - not there
-        return False
+        return None
+
+
+def _file_at_hand(name: str, filename: str, *, download: bool) -> bool:
+    return _local_file(name, filename, download=download) is not None
 
 
 def model_file(name: str, filename: str, *, download: bool) -> dict[str, Any] | None:
-    """A small JSON file of the model (e.g. ``preprocessor_config.json``) when it is at hand, else None."""
-    path = Path(name) / filename
-    if path.is_file():
-        return dict(json.loads(path.read_text()))
-    if Path(name).is_dir():
-        return None
-    try:
-        from huggingface_hub import hf_hub_download
-
-        found = hf_hub_download(name, filename, local_files_only=not download or is_offline())
-        return dict(json.loads(Path(found).read_text()))
-    except Exception:  # noqa: BLE001 - optional file; the defaults of the model type apply
-        return None
+    """A small JSON file of the model (e.g. ``preprocessor_config.json``) when it is at hand, else None
+    (the defaults of the model type apply)."""
+    path = _local_file(name, filename, download=download)
+    return dict(json.loads(path.read_text())) if path is not None else None
