@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamzip.errors import ConfigError, InputError
-from streamzip.operators.vad import VAD, Hangover, VADConfig, smooth_decisions
+from streamzip.operators.vad import _RESET_S, _WARM_S, VAD, Hangover, VADConfig, _WebrtcBackend, smooth_decisions
 from streamzip.packets import AudioChunk, Gap
 from streamzip.registry import get
 from streamzip.synthetic import speech_like
@@ -208,7 +208,8 @@ def test_snapshot_restore(backend: str) -> None:
     rate = 16000
     audio, _ = burst_audio(rate, seed=6)
     cfg = VADConfig(backend=backend)  # type: ignore[arg-type]
-    whole = run_vad(VAD(cfg), audio, rate, 1600)
+    plain = VAD(cfg)
+    whole = run_vad(plain, audio, rate, 1600)
     op = VAD(cfg)
     half = 17 * 1600
     first = []
@@ -221,12 +222,94 @@ def test_snapshot_restore(backend: str) -> None:
     for i in range(half, audio.numel(), 1600):
         rest += op2.process(AudioChunk("s", audio[i:i + 1600], rate, i / rate))
     rest += op2.flush()
-    if backend == "silero":  # silero's state is saved exactly
-        assert same_output(whole, first + rest)
-    else:  # webrtcvad restarts fresh: same times, at most a few frames' difference
-        m1 = kept_mask(whole, audio.numel(), rate)
-        m2 = kept_mask(first + rest, audio.numel(), rate)
-        assert (m1 != m2).mean() < 0.02
+    assert same_output(whole, first + rest)  # both backends restore exactly
+    assert op2.segments == plain.segments
+
+
+def talk(rate: int, seconds: float, seed: int) -> torch.Tensor:
+    """Speech-like bursts (0.3-2.5 s) and pauses (0.2-2.5 s) over a steady noise floor (-60 dBFS)."""
+    rng = np.random.default_rng(seed)
+    parts, n = [], 0
+    while n < seconds * rate:
+        pause = np.zeros(int(rng.uniform(0.2, 2.5) * rate), np.float32)
+        burst = speech_like(float(rng.uniform(0.3, 2.5)), rate, rng) * np.float32(rng.uniform(0.1, 1.0))
+        parts += [pause, burst]
+        n += pause.size + burst.size
+    audio = np.concatenate(parts)[: int(seconds * rate)]
+    return torch.from_numpy(audio + rng.normal(0, 1e-3, audio.size).astype(np.float32))
+
+
+def packets(audio: torch.Tensor, rate: int, chunk: int) -> list[AudioChunk]:
+    return [AudioChunk("s", audio[i:i + chunk], rate, i / rate) for i in range(0, audio.numel(), chunk)]
+
+
+@pytest.mark.parametrize("rate", [16000, 44100])
+def test_webrtc_restored_after_any_packet_ends_like_the_undisturbed_run(rate: int) -> None:
+    """A fresh operator restored from the snapshot taken after packet k, fed the packets after k,
+    gives what the undisturbed run gives, for every k: across the webrtcvad resets too (every
+    _RESET_S), and whether or not snapshots were taken."""
+    audio = talk(rate, 3.2 * _RESET_S, seed=11)
+    cfg = VADConfig()
+    plain = VAD(cfg)
+    whole = run_vad(plain, audio, rate, audio.numel())  # one packet
+    assert len(plain.segments) >= 8, "the audio should hold many segments"
+    for chunk in (997, int(0.7 * rate)):  # neither divides a 30 ms frame
+        op = VAD(cfg)
+        assert same_output(whole, run_vad(op, audio, rate, chunk)) and op.segments == plain.segments
+    pkts = packets(audio, rate, int(0.7 * rate) + 3)
+    op = VAD(cfg)
+    outs: list[list[AudioChunk]] = []
+    snaps = []
+    for p in pkts:
+        outs.append(op.process(p))  # type: ignore[arg-type]
+        snaps.append(op.snapshot())
+    tail = op.flush()
+    assert same_output(whole, [c for o in outs for c in o] + tail)  # snapshots change nothing
+    for k, snap in enumerate(snaps):
+        again = VAD(cfg)
+        again.restore(snap)
+        rest = [c for p in pkts[k + 1:] for c in again.process(p)] + again.flush()
+        assert same_output(whole, [c for o in outs[:k + 1] for c in o] + rest), f"restored after packet {k}"
+        assert again.segments == plain.segments, f"restored after packet {k}"
+
+
+def test_webrtc_decisions_depend_on_a_bounded_past() -> None:
+    """Two streams that differ only before the warm-up of a reset get the same decisions from that
+    reset on: the webrtcvad is a function of the frames since its warm-up began, which a snapshot holds."""
+    rate, frame_ms = 16000, 30
+    frame_len = rate * frame_ms // 1000
+    reset = round(_RESET_S * 1000 / frame_ms)  # the first reset, in frames
+    cut = (reset - round(_WARM_S * 1000 / frame_ms)) * frame_len  # where its warm-up begins
+    a = talk(rate, 2.5 * _RESET_S, seed=12)
+    b = a.clone()
+    b[:cut] = talk(rate, cut / rate, seed=13)
+    decisions = []
+    for x in (a, b):
+        backend = _WebrtcBackend(rate, 2, frame_ms)
+        n = x.numel() // frame_len
+        decisions.append(backend.decide(x[: n * frame_len].reshape(n, frame_len)))
+    assert decisions[0][:reset] != decisions[1][:reset]
+    assert decisions[0][reset:] == decisions[1][reset:]
+
+
+def test_webrtc_snapshot_stays_bounded_on_a_long_stream() -> None:
+    rate = 16000
+    op = VAD()
+    chunk = rate // 2
+    most = 0
+    audio = talk(rate, 60.0, seed=14)
+    for minute in range(10):  # ten minutes of one stretch
+        for i in range(0, audio.numel(), chunk):
+            op.process(AudioChunk("s", audio[i:i + chunk], rate, minute * 60.0 + i / rate))
+            op.drain_segments()  # as an endless stream does
+            state = op.state_dict()
+            size = sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+            size += sum(v.numel() * v.element_size() for v in state["backend"].values()
+                        if isinstance(v, torch.Tensor))
+            most = max(most, size)
+    assert op.state_dict()["backend"]["num_frames"] >= 599.0 / 0.03  # one stretch of ten minutes
+    # the webrtc frames since the last reset's warm-up, plus a few seconds of undecided audio
+    assert most <= (_RESET_S + _WARM_S) * rate * 2 + 4 * rate * 4
 
 
 # -- bad input -----------------------------------------------------------------------------------
