@@ -38,6 +38,9 @@ trailing run (it can still grow) and merges every run that a cut has closed. Run
 depends on the tokens only) so latency and memory stay bounded on endless steady sound. In window
 mode the unit is the window instead (a budget couples all of a window's tokens), emitted when it
 closes. Either way the output is identical for any packetisation.
+
+The kernels compute on their input's device. The operator finds cuts and plans on ``device`` (a CUDA GPU
+when present) and applies the plan to the packets on the CPU, where they stay (the packet contract).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from typing import Any
 import torch
 
 from streamzip.config import Config
+from streamzip.devices import check_device, resolve_device, tokens_on
 from streamzip.errors import TokenError
 from streamzip.operator import Operator
 from streamzip.packets import AUDIO, Packet, Tokens
@@ -66,7 +70,7 @@ __all__ = ["ATome", "ATomeConfig", "MergePlan", "adjacent_similarity", "atome", 
 @dataclass(frozen=True)
 class MergePlan:
     """``group``: ``(n,)`` int64, the output token of each input token (non-decreasing, contiguous
-    groups); ``passes``: how many passes changed something."""
+    groups; on the tokens' device); ``passes``: how many passes changed something."""
 
     group: torch.Tensor
     passes: int
@@ -82,7 +86,7 @@ def adjacent_similarity(data: torch.Tensor) -> torch.Tensor:
     Float64 so that the scores of the same tokens agree to ~1e-16 whatever batch they are computed
     in (the streaming form relies on it)."""
     if data.shape[0] < 2:
-        return torch.zeros(0, dtype=torch.float64)
+        return torch.zeros(0, dtype=torch.float64, device=data.device)
     x = data.to(torch.float64)
     x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return (x[:-1] * x[1:]).sum(dim=1)
@@ -91,7 +95,7 @@ def adjacent_similarity(data: torch.Tensor) -> torch.Tensor:
 def time_cuts(t0: torch.Tensor, t1: torch.Tensor, max_gap_s: float) -> torch.Tensor:
     """``(n-1,)`` bool: True where token i+1 starts more than ``max_gap_s`` after token i ends."""
     if t0.numel() < 2:
-        return torch.zeros(0, dtype=torch.bool)
+        return torch.zeros(0, dtype=torch.bool, device=t0.device)
     return (t0[1:] - t1[:-1]) > max_gap_s
 
 
@@ -106,14 +110,15 @@ def greedy_disjoint(scores: torch.Tensor, candidate: torch.Tensor, limit: int | 
     them and removes their neighbours; rounds repeat until no candidate is left.
     """
     m = scores.numel()
-    picked = torch.zeros(m, dtype=torch.bool)
+    device = scores.device
+    picked = torch.zeros(m, dtype=torch.bool, device=device)
     if m == 0 or not bool(candidate.any()) or (limit is not None and limit <= 0):
         return picked
     order = torch.argsort(-scores, stable=True)
-    rank = torch.empty(m, dtype=torch.int64)
-    rank[order] = torch.arange(m, 0, -1, dtype=torch.int64)  # higher = picked earlier
+    rank = torch.empty(m, dtype=torch.int64, device=device)
+    rank[order] = torch.arange(m, 0, -1, dtype=torch.int64, device=device)  # higher = picked earlier
     avail = candidate.clone()
-    pad = torch.zeros(1, dtype=torch.int64)
+    pad = torch.zeros(1, dtype=torch.int64, device=device)
     while bool(avail.any()):
         r = torch.where(avail, rank, torch.zeros_like(rank))
         left = torch.cat([pad, r[:-1]])
@@ -126,7 +131,7 @@ def greedy_disjoint(scores: torch.Tensor, candidate: torch.Tensor, limit: int | 
         avail &= ~blocked
     if limit is not None and int(picked.sum()) > limit:
         keep = order[picked[order]][:limit]
-        picked = torch.zeros(m, dtype=torch.bool)
+        picked = torch.zeros(m, dtype=torch.bool, device=device)
         picked[keep] = True
     return picked
 
@@ -142,7 +147,7 @@ def plan_merges(data: torch.Tensor, size: torch.Tensor, cuts: torch.Tensor, *, t
     to the ``⌊ratio·L⌋`` best candidates of its ``L`` tokens.
     """
     n = data.shape[0]
-    group = torch.arange(n, dtype=torch.int64)
+    group = torch.arange(n, dtype=torch.int64, device=data.device)
     if n < 2:
         return MergePlan(group, 0)
     x = data.to(torch.float64)
@@ -170,7 +175,7 @@ def plan_merges(data: torch.Tensor, size: torch.Tensor, cuts: torch.Tensor, *, t
         picked = greedy_disjoint(s, cand, limit)
         if not bool(picked.any()):
             break
-        starts = torch.ones(length, dtype=torch.bool)
+        starts = torch.ones(length, dtype=torch.bool, device=data.device)
         starts[1:] = ~picked
         new_id = torch.cumsum(starts.to(torch.int64), 0) - 1
         # Each merge joins exactly two tokens: (w_a·x_a + w_b·x_b) / (w_a + w_b), elementwise.
@@ -229,6 +234,9 @@ class ATomeConfig(Config):
     max_gap_s: float = 0.02
     # 250 tokens (10 s at 25 tokens/s): bounds latency and memory on endless steady sound.
     max_run_tokens: int = 250
+    # "auto": a CUDA GPU when PyTorch sees one, else the CPU: where cuts and plans compute; the packets
+    # stay on the CPU.
+    device: str = "auto"
 
     @property
     def windowed(self) -> bool:
@@ -252,6 +260,8 @@ class ATomeConfig(Config):
         if self.threshold is None and self.max_tokens is None and self.max_passes is None:
             yield "threshold", ("with no threshold, set max_tokens or max_passes, else every stretch "
                                 "of contiguous audio merges into one token")
+        if (msg := check_device(self.device)) is not None:
+            yield "device", msg
 
 
 @register("atome")
@@ -267,6 +277,14 @@ class ATome(Operator):
         self._held: Tokens | None = None  # the trailing run (run mode)
         self._windows = WindowBuffer(self.config.window_s)  # window mode
         self._dim: int | None = None
+        self._device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where cuts and plans compute: ``config.device`` resolved on first use (an error names this step)."""
+        if self._device is None:
+            self._device = resolve_device(self.config.device, field=f"{self.step_id}.device")
+        return self._device
 
     # -- the stream ---------------------------------------------------------------------------
     def process(self, packet: Packet) -> list[Packet]:
@@ -289,27 +307,32 @@ class ATome(Operator):
         held = self._held
         # Cuts on the new edges only: the held run has none inside (that is why it is held).
         joined = cat([held, tokens]) if held is not None else tokens
+        view = tokens_on(joined, self.device)
         first = held.num_tokens - 1 if held is not None else 0
-        cuts = torch.zeros(joined.num_tokens - 1, dtype=torch.bool)
-        cuts[first:] = input_cuts(joined, threshold=c.threshold, max_gap_s=c.max_gap_s, start=first)
+        cuts = torch.zeros(joined.num_tokens - 1, dtype=torch.bool, device=view.data.device)
+        cuts[first:] = input_cuts(view, threshold=c.threshold, max_gap_s=c.max_gap_s, start=first)
         cuts = _cap_runs(cuts, c.max_run_tokens)
         if not bool(cuts.any()):
             self._held = joined
             return []
         last_cut = int(cuts.nonzero()[-1, 0])  # between tokens last_cut and last_cut + 1
-        closed = take(joined, torch.arange(last_cut + 1), keep_dropped=True)
-        self._held = take(joined, torch.arange(last_cut + 1, joined.num_tokens), keep_dropped=False)
+        packet_device = joined.t0.device  # the CPU
+        closed = take(joined, torch.arange(last_cut + 1, device=packet_device), keep_dropped=True)
+        self._held = take(joined, torch.arange(last_cut + 1, joined.num_tokens, device=packet_device), keep_dropped=False)
         return [self._merge(closed, cuts[:last_cut])]
 
     def _merge(self, tokens: Tokens, cuts: torch.Tensor | None = None) -> Tokens:
+        """``tokens`` merged; ``cuts`` (on the device) when known."""
         c = self.config
         if tokens.num_tokens < 2:
             return tokens
+        view = tokens_on(tokens, self.device)
         if cuts is None:
-            cuts = input_cuts(tokens, threshold=c.threshold, max_gap_s=c.max_gap_s)
-        plan = plan_merges(tokens.data, tokens.size, cuts, threshold=c.threshold, ratio=c.ratio,
+            cuts = input_cuts(view, threshold=c.threshold, max_gap_s=c.max_gap_s)
+        plan = plan_merges(view.data, view.size, cuts, threshold=c.threshold, ratio=c.ratio,
                            max_tokens=c.max_tokens, max_passes=c.max_passes)
-        return merge_groups(tokens, plan.group) if plan.passes else tokens
+        # The plan applies to the packet, which stays on the CPU.
+        return merge_groups(tokens, plan.group.to(tokens.data.device)) if plan.passes else tokens
 
     def flush(self) -> list[Packet]:
         if self.config.windowed:
@@ -317,7 +340,7 @@ class ATome(Operator):
         held, self._held = self._held, None
         if held is None:
             return []
-        cuts = torch.zeros(held.num_tokens - 1, dtype=torch.bool)  # one run by construction
+        cuts = torch.zeros(held.num_tokens - 1, dtype=torch.bool, device=self.device)  # one run by construction
         return [self._merge(held, cuts)]
 
     # -- snapshots ----------------------------------------------------------------------------
@@ -333,8 +356,8 @@ class ATome(Operator):
 def _cap_runs(cuts: torch.Tensor, max_run: int) -> torch.Tensor:
     """Add a cut every ``max_run`` tokens from the start of each run (token 0 starts a run)."""
     n = cuts.numel() + 1
-    idx = torch.arange(n, dtype=torch.int64)
-    is_start = torch.ones(n, dtype=torch.bool)
+    idx = torch.arange(n, dtype=torch.int64, device=cuts.device)
+    is_start = torch.ones(n, dtype=torch.bool, device=cuts.device)
     is_start[1:] = cuts
     run_start = torch.cummax(torch.where(is_start, idx, torch.zeros_like(idx)), 0).values
     pos = idx - run_start

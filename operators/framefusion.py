@@ -36,18 +36,22 @@ Where we differ from the reference, and why:
   identical (1). A frame whose token count differs from the previous frame's (a resolution change)
   starts fresh chains: nothing in it merges backwards. Non-finite tokens and a changed token dimension
   raise :class:`~streamzip.errors.TokenError`.
+
+The kernels compute on their input's device. The operator plans on ``device`` (a CUDA GPU when present)
+and applies the plan to the packets on the CPU, where they stay (the packet contract).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from streamzip.config import Config
+from streamzip.devices import check_device, resolve_device, tokens_on
 from streamzip.errors import TokenError
 from streamzip.operator import Operator
 from streamzip.packets import VIDEO, Packet, Tokens
@@ -66,8 +70,8 @@ __all__ = [
 def frame_ids(t0: torch.Tensor) -> torch.Tensor:
     """``(n,)`` frame index of each token: frames are runs of equal ``t0`` (tokens in time order)."""
     if t0.numel() == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    change = torch.zeros(t0.shape[0], dtype=torch.int64)
+        return torch.zeros(0, dtype=torch.int64, device=t0.device)
+    change = torch.zeros(t0.shape[0], dtype=torch.int64, device=t0.device)
     change[1:] = (t0[1:] != t0[:-1]).to(torch.int64)
     return change.cumsum(0)
 
@@ -91,8 +95,9 @@ def adjacent_similarity(tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
     differs from the previous frame's) and ``similarity (n,)`` float32 (-inf where ``prev`` is -1).
     """
     n = tokens.num_tokens
-    prev = torch.full((n,), -1, dtype=torch.int64)
-    sim = torch.full((n,), float("-inf"), dtype=torch.float32)
+    device = tokens.data.device
+    prev = torch.full((n,), -1, dtype=torch.int64, device=device)
+    sim = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
     frame = frame_ids(tokens.t0)
     if n == 0 or int(frame[-1]) == 0:
         return prev, sim
@@ -131,25 +136,31 @@ class FusionPlan:
     def num_merged(self) -> int:
         return int(self.merged.sum())
 
+    def cpu(self) -> FusionPlan:
+        """The same plan with its tensors on the CPU."""
+        return replace(self, prev=self.prev.cpu(), similarity=self.similarity.cpu(), merged=self.merged.cpu(),
+                       anchor=self.anchor.cpu())
+
 
 def plan_fusion(tokens: Tokens, *, threshold: float | None = None, keep_ratio: float | None = None) -> FusionPlan:
     """Plan the merge of ``tokens`` (one window, time order) by a similarity ``threshold`` (merge when
     ``S ≥ threshold``) or so that about ``keep_ratio`` of the tokens survive (highest ``S`` first, ties by
-    index). Exactly one of the two is given."""
+    index). Exactly one of the two is given. The plan is on the tokens' device."""
     if (threshold is None) == (keep_ratio is None):
         raise ValueError("plan_fusion takes exactly one of threshold and keep_ratio")
     n = tokens.num_tokens
+    device = tokens.data.device
     prev, sim = adjacent_similarity(tokens)
     if threshold is not None:
         merged = sim >= threshold
     else:
         assert keep_ratio is not None
         num_merge = min(n - math.ceil(keep_ratio * n), int((prev >= 0).sum()))
-        merged = torch.zeros(n, dtype=torch.bool)
+        merged = torch.zeros(n, dtype=torch.bool, device=device)
         if num_merge > 0:
             best = torch.sort(sim, descending=True, stable=True).indices[:num_merge]
             merged[best] = True
-    anchor = torch.arange(n, dtype=torch.int64)
+    anchor = torch.arange(n, dtype=torch.int64, device=device)
     anchor = torch.where(merged, prev, anchor)
     # Pointer jumping: follow predecessors until every token points at its chain's unmerged head.
     while True:
@@ -174,8 +185,13 @@ def calibrate_threshold(tokens: Tokens) -> float | None:
     has = prev >= 0
     if not bool(has.any()):
         return None
-    frame = frame_ids(tokens.t0)[has]
-    medians = [float(sim[has][frame == f].median()) for f in torch.unique(frame).tolist()]
+    frame, s = frame_ids(tokens.t0)[has], sim[has]  # frame is non-decreasing
+    # Each frame's median at once (the lower middle value, as torch.median): sort by similarity, then
+    # stably by frame, so each frame's similarities lie together in increasing order.
+    by_sim = torch.sort(s, stable=True).indices
+    order = by_sim[torch.sort(frame[by_sim], stable=True).indices]
+    counts = torch.unique_consecutive(frame, return_counts=True)[1]
+    medians = s[order][counts.cumsum(0) - counts + (counts - 1) // 2].tolist()
     return sum(medians) / len(medians)
 
 
@@ -186,7 +202,8 @@ def importance(tokens: Tokens, query: torch.Tensor | None = None) -> torch.Tenso
         if query.numel() != tokens.dim:
             raise TokenError(f"query_embedding has {query.numel()} values but tokens have dimension {tokens.dim}",
                              input=tokens.stream, fix="embed the query with the same encoder as the frames")
-        return safe_cosine(tokens.data, query.to(torch.float32).reshape(1, -1).expand(tokens.num_tokens, -1))
+        query = query.to(tokens.data.device, torch.float32).reshape(1, -1)
+        return safe_cosine(tokens.data, query.expand(tokens.num_tokens, -1))
     if tokens.score is not None:
         return tokens.score.to(torch.float32)
     return tokens.size.to(torch.float32)
@@ -197,9 +214,9 @@ def keep_only(tokens: Tokens, index: torch.Tensor) -> Tokens:
     with assignment -1. Kept tokens are copied bit for bit (no re-averaging)."""
     out = take(tokens, index, keep_dropped=True)
     if tokens.assignment is not None and tokens.src is not None:
-        remap = torch.full((tokens.num_tokens,), -1, dtype=torch.int64)
-        remap[index] = torch.arange(index.numel(), dtype=torch.int64)
         a = tokens.assignment
+        remap = torch.full((tokens.num_tokens,), -1, dtype=torch.int64, device=a.device)
+        remap[index] = torch.arange(index.numel(), dtype=torch.int64, device=a.device)
         out.src = tokens.src
         out.assignment = torch.where(a >= 0, remap[a.clamp(min=0)], a)
     return out
@@ -231,6 +248,9 @@ class FrameFusionConfig(Config):
     query_embedding: tuple[float, ...] | None = None
     # 4 s: the engine's window clock (streamzip.windows); chains never cross it, latency stays bounded.
     window_s: float = 4.0
+    # "auto": a CUDA GPU when PyTorch sees one, else the CPU: where the plans compute (similarities,
+    # chains, importance); the packets stay on the CPU.
+    device: str = "auto"
 
     def check(self) -> Iterator[tuple[str, str]]:
         if self.threshold is not None and self.keep_ratio is not None:
@@ -249,6 +269,8 @@ class FrameFusionConfig(Config):
             yield "query_embedding", "must hold finite numbers"
         if not (math.isfinite(self.window_s) and self.window_s > 0):
             yield "window_s", f"must be > 0 seconds, got {self.window_s}"
+        if (msg := check_device(self.device)) is not None:
+            yield "device", msg
 
 
 @register("framefusion")
@@ -263,7 +285,8 @@ class FrameFusion(Operator):
         super().__init__(config, **kw)
         c = self.config
         self.query: torch.Tensor | None = (
-            torch.tensor(c.query_embedding, dtype=torch.float32) if c.query_embedding is not None else None)
+            torch.tensor(c.query_embedding, dtype=torch.float32, device="cpu")
+            if c.query_embedding is not None else None)
         self._threshold: float | None = c.threshold
         self._held: list[Tokens] = []          # tokens waiting for calibration
         self._pending: Tokens | None = None    # raw tokens of the open window
@@ -271,6 +294,14 @@ class FrameFusion(Operator):
         self._emitted_upto = 0                 # chains anchored before this index were emitted
         self._dim: int | None = None
         self._last_t0 = -math.inf
+        self._device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the plans compute: ``config.device`` resolved on first use (an error names this step)."""
+        if self._device is None:
+            self._device = resolve_device(self.config.device, field=f"{self.step_id}.device")
+        return self._device
 
     # -- modes --------------------------------------------------------------------------------
     @property
@@ -291,7 +322,7 @@ class FrameFusion(Operator):
     def set_query(self, embedding: torch.Tensor | None) -> None:
         """Prune by similarity to this ``(D,)`` embedding from now on (None: back to encoder scores).
         Only matters when pruning is on (``max_tokens`` or ``prune_ratio``)."""
-        self.query = None if embedding is None else embedding.detach().to(torch.float32).reshape(-1)
+        self.query = None if embedding is None else embedding.detach().to("cpu", torch.float32).reshape(-1)
 
     # -- protocol -----------------------------------------------------------------------------
     def process(self, packet: Packet) -> list[Packet]:
@@ -327,7 +358,7 @@ class FrameFusion(Operator):
             self._held = [held]
             return []
         first = (frame < need).nonzero().squeeze(1)
-        self._threshold = calibrate_threshold(take(held, first, keep_dropped=False))
+        self._threshold = calibrate_threshold(tokens_on(take(held, first, keep_dropped=False), self.device))
         self._held = []
         if self._threshold is None:
             # No frame pairs yet (a single frame before a gap or the end): nothing could merge anyway.
@@ -358,11 +389,13 @@ class FrameFusion(Operator):
         if pending is None or pending.num_tokens == 0:
             return []
         c = self.config
+        view = tokens_on(pending, self.device)
         if c.keep_ratio is not None:
-            plan = plan_fusion(pending, keep_ratio=c.keep_ratio)
+            plan = plan_fusion(view, keep_ratio=c.keep_ratio)
         else:
             th = threshold if threshold is not None else self._threshold
-            plan = plan_fusion(pending, threshold=math.inf if th is None else th)
+            plan = plan_fusion(view, threshold=math.inf if th is None else th)
+        plan = plan.cpu()  # it applies to the packet, which stays on the CPU
         n = pending.num_tokens
         if final:
             upto = n
@@ -398,7 +431,7 @@ class FrameFusion(Operator):
             budget = min(budget, max(1, math.ceil((1.0 - c.prune_ratio) * tokens.num_tokens)))
         if budget >= tokens.num_tokens:
             return tokens
-        return prune(tokens, budget, importance(tokens, self.query))
+        return prune(tokens, budget, importance(tokens_on(tokens, self.device), self.query).cpu())
 
     # -- snapshots ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

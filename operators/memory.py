@@ -47,6 +47,9 @@ gaps, so a silent window stays visible even though no token covers it) and the r
 
 **M smaller than a window's budget** is allowed: the write merges the window itself down, so the
 memory still holds at most M tokens.
+
+The merge plans compute on ``device`` (a CUDA GPU when present); the memory and every packet stay on the
+CPU (the packet contract), where the plans apply.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from typing import Any
 import torch
 
 from streamzip.config import Config
+from streamzip.devices import check_device, resolve_device, tokens_on
 from streamzip.errors import SnapshotError, TokenError
 from streamzip.operator import Operator
 from streamzip.operators.window import plan_adjacent_merges
@@ -96,21 +100,24 @@ def split_budget(total: int, modalities: list[str], audio_share: float) -> dict[
 
 
 def summarise(tokens: Tokens, segment: torch.Tensor, budget: int, *, now_s: float, recency_weight: float,
-              max_fraction_per_pass: float = 0.25) -> tuple[Tokens, torch.Tensor]:
+              max_fraction_per_pass: float = 0.25, device: torch.device | None = None) -> tuple[Tokens, torch.Tensor]:
     """At most ``budget`` tokens by merging time neighbours (size-weighted, older first).
 
     ``tokens`` are in time order, without provenance; ``segment`` ``(n,)`` int64 numbers the spans
-    between gaps (pairs across segments merge last). Returns the summary and its segments.
+    between gaps (pairs across segments merge last). Returns the summary and its segments, on the
+    tokens' device; ``device`` is where the plan computes (the tokens' own when None).
     """
     if tokens.num_tokens <= budget:
         return tokens, segment
-    plan = plan_adjacent_merges(tokens.data, tokens.size, budget, t0=tokens.t0, t1=tokens.t1, now_s=now_s,
-                                recency_weight=recency_weight, barrier=segment,
+    view = tokens if device is None else tokens_on(tokens, device)
+    plan = plan_adjacent_merges(view.data, view.size, budget, t0=view.t0, t1=view.t1, now_s=now_s,
+                                recency_weight=recency_weight, barrier=segment.to(view.data.device),
                                 max_fraction_per_pass=max_fraction_per_pass)
-    out = merge_groups(tokens, plan.group)
+    group = plan.group.to(tokens.data.device)
+    out = merge_groups(tokens, group)
     # merge_groups orders groups by their first member: take that member's segment.
-    first = torch.full((plan.num_groups,), tokens.num_tokens, dtype=torch.int64).scatter_reduce(
-        0, plan.group, torch.arange(tokens.num_tokens, dtype=torch.int64), reduce="amin")
+    first = torch.full((plan.num_groups,), tokens.num_tokens, dtype=torch.int64, device=group.device).scatter_reduce(
+        0, group, torch.arange(tokens.num_tokens, dtype=torch.int64, device=group.device), reduce="amin")
     return out, segment[torch.sort(first).values]
 
 
@@ -133,6 +140,9 @@ class MemoryConfig(Config):
     recency_weight: float = 1.0
     # 1: memory and read packets after every window (0 = only at the end of the stream).
     emit_memory_every: int = 1
+    # "auto": a CUDA GPU when PyTorch sees one, else the CPU: where the read and write plans compute; the
+    # memory and the packets stay on the CPU.
+    device: str = "auto"
 
     def check(self) -> Iterator[tuple[str, str]]:
         if self.max_tokens < 2:
@@ -145,6 +155,8 @@ class MemoryConfig(Config):
             yield "recency_weight", f"must be a finite number >= 0, got {self.recency_weight}"
         if self.emit_memory_every < 0:
             yield "emit_memory_every", f"must be >= 0 windows (0 = at the end only), got {self.emit_memory_every}"
+        if (msg := check_device(self.device)) is not None:
+            yield "device", msg
 
 
 class _Slots:
@@ -172,6 +184,14 @@ class TokenMemory(Operator):
         self._segment = 0
         self._spans: list[list[float]] = []
         self._after_gap = False
+        self._device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the plans compute: ``config.device`` resolved on first use (an error names this step)."""
+        if self._device is None:
+            self._device = resolve_device(self.config.device, field=f"{self.step_id}.device")
+        return self._device
 
     def takes(self, packet: Packet) -> bool:
         # Memory and read views (ours or another memory's) pass through.
@@ -202,10 +222,12 @@ class TokenMemory(Operator):
         slots = self._slots.get(window.modality)
         if slots is None:
             empty = _strip(Tokens.empty(window.stream, window.modality, window.dim))
-            slots = self._slots[window.modality] = _Slots(empty, torch.zeros(0, dtype=torch.int64))
+            no_segment = torch.zeros(0, dtype=torch.int64, device=empty.t0.device)
+            slots = self._slots[window.modality] = _Slots(empty, no_segment)
             self._rebudget(now_s=end_s)  # a new modality takes its share: shrink the others now
         joined = cat([slots.memory, _strip(window)])
-        segment = torch.cat([slots.segment, torch.full((window.num_tokens,), self._segment, dtype=torch.int64)])
+        segment = torch.cat([slots.segment, torch.full((window.num_tokens,), self._segment, dtype=torch.int64,
+                                                       device=slots.segment.device)])
         if bool((joined.t0[1:] < joined.t0[:-1]).any()):
             order = torch.argsort(joined.t0, stable=True)
             joined, segment = take(joined, order), segment[order]
@@ -260,7 +282,7 @@ class TokenMemory(Operator):
         # The read is a coarse summary (r << M): half the tokens may merge per pass, so it takes
         # log2 passes instead of a quarter's finer steps.
         return summarise(tokens, segment, budget, now_s=now_s, recency_weight=self.config.recency_weight,
-                         max_fraction_per_pass=0.5 if read else 0.25)
+                         max_fraction_per_pass=0.5 if read else 0.25, device=self.device)
 
     def _rebudget(self, now_s: float) -> None:
         for m, budget in self.budgets().items():

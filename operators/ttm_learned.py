@@ -103,7 +103,8 @@ class LearnedMemory(nn.Module):
             self.write_pos = nn.Parameter(0.02 * torch.randn(memory_tokens + input_tokens + read_tokens, dim))
 
     def initial_memory(self, batch: int, *, device: torch.device | None = None) -> torch.Tensor:
-        """``(batch, m, D)`` zeros, as TTM starts."""
+        """``(batch, m, D)`` zeros, as TTM starts, on ``device`` (the module's when None)."""
+        device = self.read.norm.weight.device if device is None else device
         return torch.zeros(batch, self.memory_tokens, self.dim, device=device)
 
     def forward(self, memory: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,6 +38,11 @@ in two by a short gap is emitted in two parts that carry the same index; the bud
 **Late tokens.** Tokens should come in time order. A token whose window already closed (an upstream
 stage held a merged token back) is not dropped: it joins the next packet emitted for its modality, and
 that packet is re-sorted by ``t0``.
+
+**Device.** The merge plan computes on the tokens' device: on the CPU in numpy (its per-call overhead is
+a fraction of torch's on these small arrays), elsewhere in torch, the same passes with the greedy pick
+vectorised (:func:`~streamzip.operators.atome.greedy_disjoint`). The stage plans on ``device`` (a CUDA
+GPU when present) and applies the plan to the packets on the CPU, where they stay (the packet contract).
 """
 
 from __future__ import annotations
@@ -51,8 +56,10 @@ import numpy as np
 import torch
 
 from streamzip.config import Config
+from streamzip.devices import check_device, resolve_device, tokens_on
 from streamzip.errors import SnapshotError
 from streamzip.operator import Operator
+from streamzip.operators.atome import greedy_disjoint
 from streamzip.packets import AUDIO, VIDEO, Gap, Packet, Tokens
 from streamzip.registry import register
 from streamzip.tokens import cat, merge_groups, take, tokens_from_state, tokens_to_state
@@ -120,12 +127,17 @@ def plan_adjacent_merges(
     only when no other pair is left, so the budget always holds.
 
     Shapes: ``data`` ``(n, D)``; ``size``, ``t0``, ``t1`` (seconds, needed for recency), ``barrier``
-    ``(n,)``. Returns the identity plan when ``n <= budget``.
+    ``(n,)``, all on ``data``'s device, where the plan computes and lands. Returns the identity plan
+    when ``n <= budget``.
     """
     n = int(data.shape[0])
     budget = max(1, int(budget))
     if n <= budget:
-        return MergePlan(torch.arange(n, dtype=torch.int64), n)
+        return MergePlan(torch.arange(n, dtype=torch.int64, device=data.device), n)
+    if data.device.type != "cpu":
+        return _plan_torch(data, size, budget, order=order, t0=t0, t1=t1, now_s=now_s,
+                           recency_weight=recency_weight, barrier=barrier,
+                           max_fraction_per_pass=max_fraction_per_pass)
     # The loop runs on numpy: its per-call overhead is a fraction of torch's on these small arrays.
     perm = order.to(torch.int64).numpy() if order is not None else np.arange(n, dtype=np.int64)
     x = data.detach().to(torch.float32).numpy()[perm]
@@ -169,8 +181,68 @@ def plan_adjacent_merges(
             seg = seg[is_start]  # a run merged over a barrier keeps its left part's segment
         cur_of = new_id[cur_of]
         cur = int(new_w.shape[0])
-    group = torch.empty(n, dtype=torch.int64)
+    group = torch.empty(n, dtype=torch.int64, device=data.device)
     group[torch.from_numpy(perm)] = torch.from_numpy(cur_of)
+    return MergePlan(group, cur)
+
+
+def _plan_torch(data: torch.Tensor, size: torch.Tensor, budget: int, *, order: torch.Tensor | None,
+                t0: torch.Tensor | None, t1: torch.Tensor | None, now_s: float | None, recency_weight: float,
+                barrier: torch.Tensor | None, max_fraction_per_pass: float) -> MergePlan:
+    """:func:`plan_adjacent_merges` in torch on ``data``'s device (``n > budget``): the numpy loop's
+    passes, dtypes and tie rules, the greedy pick as :func:`greedy_disjoint` (the same picks)."""
+    n = int(data.shape[0])
+    device = data.device
+    perm = order.to(torch.int64) if order is not None else torch.arange(n, dtype=torch.int64, device=device)
+    x = data.detach().to(torch.float32)[perm]
+    w = size.detach().to(torch.float32)[perm].clamp(min=1.0)
+    seg = barrier.detach().to(torch.int64)[perm] if barrier is not None else None
+    use_time = bool(recency_weight) and t0 is not None and t1 is not None
+    if use_time:
+        assert t0 is not None and t1 is not None
+        lo, hi = t0.detach().to(torch.float64)[perm], t1.detach().to(torch.float64)[perm]
+        now = hi.max() if now_s is None else hi.max().clamp(min=float(now_s))
+    cur_of = torch.arange(n, dtype=torch.int64, device=device)
+    cur = n
+    while cur > budget:
+        needed = cur - budget
+        cap = min(needed, max(1, int(cur * max_fraction_per_pass)))
+        xn = x / x.square().sum(1).sqrt().clamp(min=1e-12)[:, None]
+        score = (xn[:-1] * xn[1:]).sum(1)
+        if use_time:
+            start = torch.minimum(lo[:-1], lo[1:])
+            span = torch.maximum(hi[:-1], hi[1:]) - start
+            score = score - recency_weight * (span / (now - start).clamp(min=1e-9)).to(torch.float32)
+        # Pairs across a barrier wait until no other pair is left.
+        candidate = torch.ones_like(score, dtype=torch.bool)
+        if seg is not None:
+            free = seg[:-1] == seg[1:]
+            candidate = torch.where(free.any(), free, candidate)
+        picked = greedy_disjoint(score, candidate, cap)
+        # Merge each picked pair (i, i+1): i+1 stops being a run start.
+        is_start = torch.ones(cur, dtype=torch.bool, device=device)
+        is_start[1:] = ~picked
+        new_id = torch.cumsum(is_start, 0) - 1
+        second = ~is_start
+        into = new_id[second]
+        new_w = w[is_start]
+        new_w[into] += w[second]
+        wx = x * w[:, None]
+        x = wx[is_start]
+        x[into] += wx[second]
+        x = x / new_w[:, None]
+        w = new_w
+        if use_time:
+            lo_second, hi_second = lo[second], hi[second]
+            lo, hi = lo[is_start], hi[is_start]
+            lo[into] = torch.minimum(lo[into], lo_second)
+            hi[into] = torch.maximum(hi[into], hi_second)
+        if seg is not None:
+            seg = seg[is_start]  # a run merged over a barrier keeps its left part's segment
+        cur_of = new_id[cur_of]
+        cur = int(new_w.shape[0])
+    group = torch.empty(n, dtype=torch.int64, device=device)
+    group[perm] = cur_of
     return MergePlan(group, cur)
 
 
@@ -215,12 +287,17 @@ def position_major_order(tokens: Tokens) -> torch.Tensor:
     return torch.argsort(key, stable=True)
 
 
-def reduce_window(tokens: Tokens, max_tokens: int) -> Tokens:
-    """At most ``max_tokens`` tokens by adjacent merging (video: along time per position first)."""
+def reduce_window(tokens: Tokens, max_tokens: int, *, device: torch.device | None = None) -> Tokens:
+    """At most ``max_tokens`` tokens by adjacent merging (video: along time per position first).
+
+    ``device``: where the plan computes (the tokens' own when None); the result is on the tokens'
+    device either way (the CPU for packets)."""
     if tokens.num_tokens <= max_tokens:
         return tokens
-    order = position_major_order(tokens) if tokens.modality != AUDIO else None
-    return apply_plan(tokens, plan_adjacent_merges(tokens.data, tokens.size, max_tokens, order=order))
+    view = tokens if device is None else tokens_on(tokens, device)
+    order = position_major_order(view) if tokens.modality != AUDIO else None
+    plan = plan_adjacent_merges(view.data, view.size, max_tokens, order=order)
+    return apply_plan(tokens, MergePlan(plan.group.to(tokens.data.device), plan.num_groups))
 
 
 # -- plain-data snapshots of packets ----------------------------------------------------------------
@@ -235,6 +312,9 @@ class WindowConfig(Config):
     max_audio_tokens: int = 64
     # Empty packets for windows without tokens, so the memory and consumers see every window.
     emit_empty: bool = True
+    # "auto": a CUDA GPU when PyTorch sees one, else the CPU: where merge plans compute; the packets
+    # stay on the CPU.
+    device: str = "auto"
 
     def check(self) -> Iterator[tuple[str, str]]:
         if not 0.0 < self.window_s <= 3600.0 or not math.isfinite(self.window_s):
@@ -242,6 +322,8 @@ class WindowConfig(Config):
         for name in ("max_video_tokens", "max_audio_tokens"):
             if getattr(self, name) < 1:
                 yield name, f"must be >= 1 token, got {getattr(self, name)}"
+        if (msg := check_device(self.device)) is not None:
+            yield "device", msg
 
 
 class _Lane:
@@ -270,6 +352,14 @@ class Window(Operator):
         self._clock_start: int | None = None
         # The last window index any modality has had a token in.
         self._clock_last: int | None = None
+        self._device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where merge plans compute: ``config.device`` resolved on first use (an error names this step)."""
+        if self._device is None:
+            self._device = resolve_device(self.config.device, field=f"{self.step_id}.device")
+        return self._device
 
     def takes(self, packet: Packet) -> bool:
         # Memory views re-present tokens already windowed; pass them on untouched.
@@ -364,7 +454,7 @@ class Window(Operator):
             tokens = take(joined, torch.argsort(joined.t0, stable=True))
             lane.late = []
         tokens_in = tokens.num_tokens
-        tokens = reduce_window(tokens, self.budget(tokens.modality))
+        tokens = reduce_window(tokens, self.budget(tokens.modality), device=self.device)
         start, end = window_bounds(k, self.config.window_s)
         tokens.meta = {**tokens.meta, "kind": "window", "window": k, "window_start_s": start,
                        "window_end_s": end, "window_complete": True, "tokens_in": tokens_in}

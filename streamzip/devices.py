@@ -3,7 +3,8 @@
 ``device: auto`` is CUDA when PyTorch sees a GPU, else the CPU. ``dtype: auto`` is bfloat16 on a GPU
 that supports it (float16 on older ones) and float32 on the CPU, where half precision is slower and
 less accurate. Tokens always leave a stage as float32 on the CPU (the packet contract), whatever the
-stage computed in.
+stage computed in: an operator plans on its device (:func:`tokens_on` puts there what a kernel reads) and
+applies the plan to the packet on the CPU.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import torch
 
 from streamzip.errors import ConfigError, Problem
+from streamzip.packets import Tokens
 
-__all__ = ["DEVICES", "DTYPES", "check_device", "resolve_device", "resolve_dtype"]
+__all__ = ["DEVICES", "DTYPES", "check_device", "resolve_device", "resolve_dtype", "tokens_on"]
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -54,3 +56,15 @@ def resolve_dtype(value: str, device: torch.device, *, field: str = "dtype") -> 
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+def tokens_on(tokens: Tokens, device: torch.device) -> Tokens:
+    """What a kernel reads of ``tokens`` (``data``, ``t0``, ``t1``, ``pos``, ``size``, ``score``) on
+    ``device``, to plan there; ``tokens`` itself when it is already there (no copy). Provenance
+    (``src``, ``assignment``) stays behind: plans come back to the CPU and apply to the packet there."""
+    if tokens.data.device == device:
+        return tokens
+    return Tokens(stream=tokens.stream, modality=tokens.modality, data=tokens.data.to(device),
+                  t0=tokens.t0.to(device), t1=tokens.t1.to(device), pos=tokens.pos.to(device),
+                  size=tokens.size.to(device), score=None if tokens.score is None else tokens.score.to(device),
+                  meta=dict(tokens.meta))

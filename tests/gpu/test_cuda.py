@@ -6,7 +6,9 @@ docs/benchmarks.md), and are skipped elsewhere: the CPU path is covered by tests
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 
 from streamzip.encoders.hf import HFVisionEncoder, HFVisionEncoderConfig
 from streamzip.encoders.tiny import save_tiny_model
+from streamzip.packets import AUDIO, VIDEO, Gap, Tokens
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -79,3 +82,156 @@ def test_whisper_encoder_on_cuda_agrees_with_the_cpu(models) -> None:  # type: i
     gpu, cpu = outs
     assert gpu.shape == cpu.shape == (350, gpu.shape[1]) and gpu.dtype == torch.float32
     assert float(F.cosine_similarity(gpu, cpu, dim=-1).min()) > 0.99
+
+
+# -- the streaming operators: plans on the GPU, packets on the CPU, the same tokens ------------------
+
+def _video(t: int = 16, p: int = 12, d: int = 48, *, seed: int = 3) -> Tokens:
+    """Frames at 2 fps whose patches either stay (a small change: cosine ~0.99 to the previous frame) or
+    change (a new vector: cosine ~0), so a threshold of 0.9 has no token near it."""
+    from streamzip.tokens import with_fresh_assignment
+
+    g = torch.Generator().manual_seed(seed)
+    frame = torch.randn(p, d, generator=g)
+    frames = []
+    for _ in range(t):
+        changed = torch.rand(p, generator=g) < 0.3
+        frame = torch.where(changed[:, None], torch.randn(p, d, generator=g),
+                            frame + 0.1 * torch.randn(p, d, generator=g))
+        frames.append(frame)
+    t0 = (torch.arange(t, dtype=torch.float64) / 2).repeat_interleave(p)
+    pos = torch.stack([torch.arange(p, dtype=torch.int32) // 4, torch.arange(p, dtype=torch.int32) % 4], 1)
+    tok = Tokens(stream="s", modality=VIDEO, data=torch.cat(frames), t0=t0, t1=t0 + 0.5, pos=pos.repeat(t, 1),
+                 size=torch.ones(t * p, dtype=torch.int64), score=torch.rand(t * p, generator=g))
+    return with_fresh_assignment(tok, 0)
+
+
+def _audio(n: int = 300, d: int = 32, *, seed: int = 4) -> Tokens:
+    """Audio tokens at 25/s with a gap: runs of a slow random walk (steps of distinct sizes, so no two
+    pair similarities are near each other) between jumps to a new vector."""
+    from streamzip.tokens import with_fresh_assignment
+
+    g = torch.Generator().manual_seed(seed)
+    step = torch.linspace(0.05, 0.6, n)[torch.randperm(n, generator=g)]
+    x, rows = torch.randn(d, generator=g), []
+    for i in range(n):
+        x = torch.randn(d, generator=g) * 2 if i % 37 == 0 else x + step[i] * torch.randn(d, generator=g)
+        rows.append(x)
+    t0 = torch.arange(n, dtype=torch.float64) * 0.04
+    t0[200:] += 1.0
+    tok = Tokens(stream="s", modality=AUDIO, data=torch.stack(rows), t0=t0, t1=t0 + 0.04,
+                 pos=torch.full((n, 2), -1, dtype=torch.int32), size=torch.ones(n, dtype=torch.int64))
+    return with_fresh_assignment(tok, 0)
+
+
+def _packets(tokens: Tokens, per_packet: int) -> list[Tokens]:
+    from streamzip.tokens import take
+
+    return [take(tokens, torch.arange(i, min(i + per_packet, tokens.num_tokens)))
+            for i in range(0, tokens.num_tokens, per_packet)]
+
+
+def _run(op: Any, inputs: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for p in inputs:
+        out += op.on_gap(p) if isinstance(p, Gap) else op.process(p)
+    return out + op.flush()
+
+
+def _assert_same_tokens(gpu: list[Any], cpu: list[Any]) -> None:
+    """The same packets: identical merge decisions (sizes, times, positions, provenance) and data to
+    float tolerance, every tensor on the CPU (the packet contract)."""
+    assert len(gpu) == len(cpu)
+    for g, c in zip(gpu, cpu):
+        assert type(g) is type(c)
+        if not isinstance(c, Tokens):
+            assert g == c
+            continue
+        assert g.meta == c.meta
+        for name in ("t0", "t1", "pos", "size", "src", "assignment"):
+            a, b = getattr(g, name), getattr(c, name)
+            assert (a is None) == (b is None), name
+            if b is not None:
+                assert a.device.type == "cpu" and torch.equal(a, b), name
+        assert g.data.device.type == "cpu" and g.data.dtype == torch.float32
+        torch.testing.assert_close(g.data, c.data, rtol=1e-5, atol=1e-5)
+        if c.score is not None:
+            torch.testing.assert_close(g.score, c.score)
+
+
+@pytest.mark.parametrize("config", [{"threshold": 0.9}, {"threshold": 0.9, "max_tokens": 40},
+                                    {"threshold": 0.9, "prune_ratio": 0.3, "query_embedding": tuple([1.0] * 48)}],
+                         ids=str)
+def test_framefusion_on_cuda_agrees_with_the_cpu(config) -> None:  # type: ignore[no-untyped-def]
+    from streamzip.devices import tokens_on
+    from streamzip.operators.framefusion import FrameFusion, FrameFusionConfig, plan_fusion
+
+    tok = _video()
+    gpu = FrameFusion(FrameFusionConfig(**config))  # auto: cuda
+    assert gpu.device.type == "cuda"
+    got = _run(gpu, _packets(tok, 12 * 3))
+    assert sum(t.num_tokens for t in got) < tok.num_tokens
+    _assert_same_tokens(got, _run(FrameFusion(FrameFusionConfig(**config, device="cpu")), _packets(tok, 12 * 3)))
+    plan = plan_fusion(tokens_on(tok, torch.device("cuda")), threshold=0.9)
+    assert plan.anchor.device.type == "cuda" and torch.equal(plan.cpu().anchor, plan_fusion(tok, threshold=0.9).anchor)
+
+
+@pytest.mark.parametrize("config", [{"threshold": 0.8}, {"threshold": 0.9, "max_run_tokens": 30},
+                                    {"threshold": None, "max_tokens": 30}], ids=str)
+def test_atome_on_cuda_agrees_with_the_cpu(config) -> None:  # type: ignore[no-untyped-def]
+    from streamzip.operators.atome import ATome, ATomeConfig, input_cuts, plan_merges
+
+    tok = _audio()
+    gpu = ATome(ATomeConfig(**config))
+    assert gpu.device.type == "cuda"
+    got = _run(gpu, _packets(tok, 7))
+    assert sum(t.num_tokens for t in got) < tok.num_tokens
+    _assert_same_tokens(got, _run(ATome(ATomeConfig(**config, device="cpu")), _packets(tok, 7)))
+    cuts = input_cuts(tok, threshold=0.8, max_gap_s=0.02)
+    plan = plan_merges(tok.data.cuda(), tok.size.cuda(), cuts.cuda(), threshold=0.8)
+    assert plan.group.device.type == "cuda"
+    assert torch.equal(plan.group.cpu(), plan_merges(tok.data, tok.size, cuts, threshold=0.8).group)
+
+
+def test_window_and_memory_on_cuda_agree_with_the_cpu() -> None:
+    from streamzip.operators.memory import MemoryConfig, TokenMemory
+    from streamzip.operators.window import Window, WindowConfig, plan_adjacent_merges
+
+    vid, aud = _video(), _audio()
+    inputs: list[Any] = []
+    for v, a in zip(_packets(vid, 12 * 4), _packets(aud, 50)):
+        inputs += [v, a]
+    inputs.append(Gap(stream="s", start_s=14.0, end_s=15.0))
+    outs = {}
+    for device in ("auto", "cpu"):
+        win = Window(WindowConfig(max_video_tokens=30, max_audio_tokens=20, device=device))
+        mem = TokenMemory(MemoryConfig(max_tokens=24, read_tokens=8, device=device))
+        assert win.device.type == mem.device.type == ("cuda" if device == "auto" else "cpu")
+        windows = _run(win, inputs)
+        outs[device] = (windows, _run(mem, windows))
+    assert any(p.meta.get("tokens_in", 0) > 30 for p in outs["cpu"][0] if isinstance(p, Tokens))
+    _assert_same_tokens(outs["auto"][0], outs["cpu"][0])
+    _assert_same_tokens(outs["auto"][1], outs["cpu"][1])
+    # The kernel's torch path on the GPU makes the numpy path's merges.
+    args = {"t0": aud.t0, "t1": aud.t1, "recency_weight": 1.0, "barrier": (aud.t0 > 5).to(torch.int64)}
+    want = plan_adjacent_merges(aud.data, aud.size, 40, **args)
+    got = plan_adjacent_merges(aud.data.cuda(), aud.size.cuda(), 40, **{k: v.cuda() if isinstance(v, torch.Tensor)
+                                                                        else v for k, v in args.items()})
+    assert got.group.device.type == "cuda" and got.num_groups == want.num_groups == 40
+    assert torch.equal(got.group.cpu(), want.group)
+
+
+def test_learned_memory_on_cuda_agrees_with_the_cpu() -> None:
+    from streamzip.operators.ttm_learned import LearnedMemory
+
+    torch.manual_seed(0)
+    cpu = LearnedMemory(16, memory_tokens=6, read_tokens=3, input_tokens=5, hidden_dim=16)
+    steps = torch.randn(2, 4, 5, 16, generator=torch.Generator().manual_seed(1))
+    gpu = copy.deepcopy(cpu).cuda()
+    assert gpu.initial_memory(2).device.type == "cuda"
+    with torch.no_grad():
+        out_g, mem_g = gpu.run(steps.cuda())
+        out_c, mem_c = cpu.run(steps)
+    assert out_g.device.type == mem_g.device.type == "cuda"
+    torch.testing.assert_close(out_g.cpu(), out_c, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mem_g.cpu(), mem_c, rtol=1e-4, atol=1e-4)
