@@ -1,7 +1,8 @@
 """(Named ray_runtime.py: a script named ray.py would shadow the ray package.)
 
 What does the Ray runtime cost and buy on this machine? The same pipeline on 8 generated files,
-local vs Ray in one run, plus the per-packet overhead of an actor edge, the throughput with 1, 2 and 4
+local vs Ray in one run (Ray with its default of light steps fused into one actor per stream, and
+with an actor per step), plus the per-packet overhead of an actor edge, the throughput with 1, 2 and 4
 streams at once (one runtime, each stream its own actors for the steps that are not encoders, the
 encoders on one pool actor shared by the streams), 4 streams of the encoder alone (`patch_only`) on
 pools of 1, 2 and 4 actors, and one long file through `streamzip batch` whole vs cut into segments
@@ -31,7 +32,7 @@ from streamzip.packets import Tokens  # noqa: E402
 from streamzip.pipeline import load_pipeline  # noqa: E402
 from streamzip.registry import get as get_stage  # noqa: E402
 from streamzip.runtime.local import LocalRuntime  # noqa: E402
-from streamzip.runtime.ray import RayRuntime, init_ray  # noqa: E402
+from streamzip.runtime.ray import RayRuntime, init_ray, stage_groups  # noqa: E402
 from streamzip.stats import InputResult  # noqa: E402
 from streamzip.synthetic import make_clip  # noqa: E402
 
@@ -73,8 +74,9 @@ def parallel(rt: RayRuntime, pipe, files: list[str], streams: int) -> dict[str, 
     at_once([[files[i % len(files)]] for i in range(streams)])  # every stream's actors up before the clock
     results.clear()
     secs = at_once(chunks)
-    encoders = sum(get_stage(s.op).kind == "encoder" for s in pipe.steps)
-    actors = rt.encoder_pool * encoders + streams * (len(pipe.steps) - encoders)
+    groups = stage_groups(pipe, pooled=rt.encoder_pool > 0, fuse=rt.fuse)
+    encoders = sum(rt.encoder_pool > 0 and get_stage(pipe.steps[g[0]].op).kind == "encoder" for g in groups)
+    actors = rt.encoder_pool * encoders + streams * (len(groups) - encoders)
     return {"media_s_per_s": sum(r.media_s for r in results) / secs, "stage_actors": actors}
 
 
@@ -112,17 +114,20 @@ def main() -> None:
         half = args.seconds / 2
         files = [make_clip(Path(tmp) / f"f{i}.mp4", scenes=(("static", half), ("motion", half)), width=480,
                            height=270, seed=i).path for i in range(args.files)]
-        local_t, ray_t = [], []
-        ray_rt = RayRuntime()
+        local_t, ray_t, unfused_t = [], [], []
+        ray_rt, unfused_rt = RayRuntime(), RayRuntime(fuse=False)
         list(ray_rt.run(pipe, [files[0]]))  # actors up before timing
-        for _ in range(args.repeats):  # interleaved so load hits both alike
+        list(unfused_rt.run(pipe, [files[0]]))
+        for _ in range(args.repeats):  # interleaved so load hits all alike
             local_t.append(run_all(LocalRuntime(), pipe, files)[0])
             ray_rt.results.clear()
             ray_t.append(run_all(ray_rt, pipe, files)[0])
+            unfused_t.append(run_all(unfused_rt, pipe, files)[0])
+        unfused_rt.shutdown()
         packets = sum(r.stages[0].packets_in for r in ray_rt.results) + sum(
             1 for r in ray_rt.results)  # source packets incl. End
         stages = len(pipe.steps)
-        local_med, ray_med = statistics.median(local_t), statistics.median(ray_t)
+        local_med, ray_med, unfused_med = (statistics.median(t) for t in (local_t, ray_t, unfused_t))
         # One light pipeline isolates the edge cost: per packet per stage, Ray minus local.
         light = load_pipeline("patch_only")
         lt = statistics.median(run_all(LocalRuntime(), light, files)[0] for _ in range(args.repeats))
@@ -154,8 +159,11 @@ def main() -> None:
             "pipeline": args.pipeline, "files": args.files, "seconds_each": args.seconds,
             "local": {"median_s": local_med, "runs_s": local_t, "media_s_per_s": media / local_med},
             "ray": {"median_s": ray_med, "runs_s": ray_t, "media_s_per_s": media / ray_med,
-                    "actors_per_stream": stages, "source_packets": packets},
+                    "steps": stages, "actors_per_stream": len(stage_groups(pipe)), "source_packets": packets},
+            "ray_unfused": {"median_s": unfused_med, "runs_s": unfused_t, "media_s_per_s": media / unfused_med,
+                            "actors_per_stream": stages},
             "ratio_ray_to_local": local_med / ray_med,
+            "ratio_ray_unfused_to_local": local_med / unfused_med,
             "edge_overhead_ms_per_packet": edge_ms,
             "parallel_streams_media_s_per_s": {k: v["media_s_per_s"] for k, v in par.items()},
             "parallel_streams_stage_actors": {k: v["stage_actors"] for k, v in par.items()},

@@ -101,6 +101,18 @@ class Prefetch(Iterator[Any]):
             raise item.err
         return item
 
+    def ready(self, limit: int) -> list[Any]:
+        """Up to ``limit`` more items that are queued already, without waiting (the end of the
+        source and its errors are left for ``next``)."""
+        out: list[Any] = []
+        with self._cond:
+            while len(out) < limit and self._items and self._items[0] is not _DONE \
+                    and not isinstance(self._items[0], _Raised):
+                out.append(self._items.popleft())
+            if out:
+                self._cond.notify_all()
+        return out
+
     def close(self) -> None:
         """Stop the source thread (it closes its own iterator)."""
         with self._cond:

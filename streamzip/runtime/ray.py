@@ -1,11 +1,16 @@
-"""The Ray runtime: every stage of a stream is a Ray actor; the only module that imports Ray.
+"""The Ray runtime: the stages of a stream run as Ray actors; the only module that imports Ray.
 
-The driver decodes (in a prefetch thread) and sends each source packet down the chain of stage
-actors as one call per stage, each call taking the previous call's result by reference, so packets
-flow actor to actor through the object store without passing the driver. Calls from one caller to
-one actor run in submission order, which keeps every stage's input in stream order.
+The driver decodes (in a prefetch thread) and sends the source packets down the chain of actors in
+batches (every packet the source has ready, up to ``batch_packets``), one call per actor, each call
+taking the previous call's result by reference, so packets flow actor to actor through the object
+store without passing the driver. Calls from one caller to one actor run in submission order, which
+keeps every stage's input in stream order.
 
-- **Actors**: the stages that are not encoders get one actor per stream (a stream's actors are kept
+- **Fusion**: consecutive light steps of a stream share one actor and pass packets in process
+  (:func:`stage_groups`), as Ray Data fuses consecutive map operators: an actor edge costs a few
+  milliseconds per call on a small machine, more than a light stage's work on a packet. Encoders, and
+  steps that ask for a GPU, run alone; ``fuse=False`` gives every step its own actor.
+- **Actors**: the step groups that are not encoders get one actor per stream (a stream's actors are kept
   for its runtime's next stream). **Encoders** (registry kind ``encoder``) run on a pool of
   ``encoder_pool`` actors per encoder step, shared by every stream of the run: every runtime of this
   process running the same encoder step shares its pool (two cameras of ``streamzip live``, streams run
@@ -17,11 +22,11 @@ one actor run in submission order, which keeps every stage's input in stream ord
   fbank encoder's carried samples…), and encoders need no change: sharing relies on an encoder's
   ``state_dict`` being complete, which fault recovery already requires (``encoder_pool=0`` gives
   every stream its own encoder actor instead).
-- **Backpressure**: at most ``max_inflight`` packets are between the source and the last stage; a
+- **Backpressure**: at most ``max_inflight`` batches are between the source and the last stage; a
   file source then waits (nothing is lost).
-- **Snapshots**: every ``snapshot_every`` packets the driver queues a ``snapshot`` call on every actor
-  of the stream's chain right behind that packet (on a pool actor, for that stream's state), which
-  gives a consistent cut of the whole chain at that packet without stopping the flow. The source
+- **Snapshots**: every ``snapshot_every`` batches the driver queues a ``snapshot`` call on every actor
+  of the stream's chain right behind that batch (on a pool actor, for that stream's state), which
+  gives a consistent cut of the whole chain at that batch without stopping the flow. The source
   packets after the last complete cut are kept for replay.
 - **Faults**: when a call fails because an actor died, Ray restarts the actor (``max_restarts``); the
   driver waits for the chain to settle, restores *every* actor from the last complete cut, replays the
@@ -29,8 +34,8 @@ one actor run in submission order, which keeps every stage's input in stream ord
   state of every stream it served: each of those streams finds out at its next call (the actor
   answers :class:`StreamStateLost`) and recovers the same way, independently. Stages are
   deterministic and restore exactly, so the run ends with the same tokens as an undisturbed one: no
-  window missing, none duplicated. (The webrtc VAD is the exception: webrtcvad's C state cannot be
-  saved, so its decisions can differ for a few seconds after a restore; ``docs/reliability.md``.)
+  window missing, none duplicated (the webrtc VAD included: its decisions depend only on the last
+  few seconds of audio, which its snapshot holds; ``docs/reliability.md``).
 - ``ray.init()`` with no address starts Ray embedded on this machine, listening on loopback only;
   ``address`` joins a running cluster (KubeRay).
 
@@ -64,6 +69,7 @@ from streamzip.runtime.local import (
     count_output,
     is_stream_output,
     open_source,
+    set_query_on,
     update_from_source,
 )
 from streamzip.sources._names import stream_name
@@ -172,27 +178,31 @@ def _lost(err: BaseException) -> bool:
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class StageActor:
-    """One stage of one stream or, ``shared``, an encoder serving many streams (a pool actor).
+    """Consecutive stages of one stream (a *group*, see :func:`stage_groups`) or, ``shared``, an
+    encoder serving many streams (a pool actor).
 
     Every call names the stream by ``key``. ``push`` takes and returns lists of packets (a batch
-    edge). A shared actor holds one operator (one model in memory) and a state per stream: the state
-    of the stream it served last is in the operator, the others are parked as snapshots and swapped
-    in when their stream calls (``Operator.snapshot``/``restore``, a few small tensors for encoders).
+    edge) and runs them through the group's stages in process, as the local runtime does. A shared
+    actor holds one operator (one model in memory) and a state per stream: the state of the stream it
+    served last is in the operator, the others are parked as snapshots and swapped in when their
+    stream calls (``Operator.snapshot``/``restore``, a few small tensors for encoders).
     """
 
-    def __init__(self, spec: dict[str, Any], fns: dict[int, Any], index: int, threads: int = 1,
+    def __init__(self, spec: dict[str, Any], fns: dict[int, Any], indices: list[int], threads: int = 1,
                  shared: bool = False) -> None:
         import torch
 
         # One stage is one share of a core: torch's default of a thread per core in every actor
         # oversubscribes the machine (measured 6x slower merges on 2 busy cores).
         torch.set_num_threads(max(1, threads))
-        self.spec, self.fns, self.index, self.shared = spec, fns, index, shared
-        self.stage: Any = None  # the Operator
+        if shared and len(indices) != 1:
+            raise ValueError("a shared (pool) actor runs exactly one stage")
+        self.spec, self.fns, self.indices, self.shared = spec, fns, list(indices), shared
+        self.stages: list[Any] = []  # the Operators, in chain order
         self.fresh: dict[str, Any] | None = None  # shared: the snapshot of a new stream's state
         self.loaded: str | None = None  # the stream whose state the operator holds
         self.parked: dict[str, dict[str, Any]] = {}  # shared: the other streams' snapshots
-        self.runners: dict[str, StageRunner] = {}  # per stream: its counters (and the operator)
+        self.runners: dict[str, StageRunner] = {}  # per stream: its counters (and the operators)
         self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
         self.counted: set[str] = set()  # streams whose counters include this process's restart
         self._metrics: dict[str, Any] | None = None
@@ -211,91 +221,97 @@ class StageActor:
             }
         return self._metrics
 
-    def _build(self, stream: str) -> Any:
+    def _build(self, stream: str) -> list[Any]:
         from streamzip.pipeline import Pipeline
 
         pipe = Pipeline.from_dict(self.spec)
         for i, fn in self.fns.items():
             pipe.steps[i].fn = fn
-        return pipe.build_step(self.index, stream)
+        return [pipe.build_step(i, stream) for i in self.indices]
+
+    def _lost(self, key: str) -> StreamStateLost:
+        ids = ", ".join(str(i) for i in self.indices)
+        return StreamStateLost(f"stage(s) {ids} hold no state for stream {key!r} (their actor restarted)")
 
     def reset(self, key: str, stream: str, input_name: str) -> bool:
         """Fresh state for a new stream; returns whether this actor process is a restart."""
         if self.shared:
-            if self.stage is None:
-                self.stage = self._build("")
-                self.fresh = self.stage.snapshot()
+            if not self.stages:
+                self.stages = self._build("")
+                self.fresh = self.stages[0].snapshot()
             if self.loaded == key:
                 self.loaded = None
             self.parked[key] = copy.deepcopy(self.fresh)  # type: ignore[arg-type]
-        else:  # one stream at a time: a fresh operator, as the local runtime builds
-            self.stage, self.loaded = self._build(stream), key
+        else:  # one stream at a time: fresh operators, as the local runtime builds
+            self.stages, self.loaded = self._build(stream), key
             self.runners.clear()
-        self.runners[key] = StageRunner([self.stage], InputResult(input=input_name, stream=stream))
+        self.runners[key] = StageRunner(self.stages, InputResult(input=input_name, stream=stream))
         return self.restarted
 
     def _select(self, key: str) -> StageRunner:
         """The stream's runner, with its state in the operator."""
         runner = self.runners.get(key)
         if runner is None:
-            raise StreamStateLost(f"stage {self.index} holds no state for stream {key!r} (its actor restarted)")
-        if self.loaded != key:
+            raise self._lost(key)
+        if self.loaded != key:  # only a shared actor serves several streams
+            stage = self.stages[0]
             if self.loaded is not None and self.loaded in self.runners:
-                self.parked[self.loaded] = copy.deepcopy(self.stage.snapshot())
-            self.stage.restore(self.parked.pop(key))
-            self.stage.stream = runner.result.stream
+                self.parked[self.loaded] = copy.deepcopy(stage.snapshot())
+            stage.restore(self.parked.pop(key))
+            stage.stream = runner.result.stream
             self.loaded = key
         return runner
 
     def push(self, key: str, packets: list[Packet]) -> list[Packet]:
         runner = self._select(key)
-        st = runner.stats[0]
-        before = (st.packets_in, st.tokens_in, st.tokens_out, st.frames_in)
+        fields = ("packets_in", "tokens_in", "tokens_out", "frames_in")
+        before = [[getattr(st, f) for f in fields] for st in runner.stats]
         out = [o for p in packets for o in runner.push(p)]
-        m, tags = self._metric(), {"stage": st.step_id, "stream": runner.result.stream}
-        for name, b, a in zip(("packets", "tokens_in", "tokens_out", "frames"), before,
-                              (st.packets_in, st.tokens_in, st.tokens_out, st.frames_in)):
-            if a > b:
-                m[name].inc(a - b, tags=tags)
+        m = self._metric()
+        for st, b in zip(runner.stats, before):
+            tags = {"stage": st.step_id, "stream": runner.result.stream}
+            for name, f, v in zip(("packets", "tokens_in", "tokens_out", "frames"), fields, b):
+                if getattr(st, f) > v:
+                    m[name].inc(getattr(st, f) - v, tags=tags)
         return out
 
     def snapshot(self, key: str) -> dict[str, Any]:
         runner = self.runners.get(key)
         if runner is None:
-            raise StreamStateLost(f"stage {self.index} holds no state for stream {key!r} (its actor restarted)")
-        state = self.stage.snapshot() if self.loaded == key else self.parked[key]
-        return {"stage": state, "stats": runner.stats[0].to_dict()}
+            raise self._lost(key)
+        states = [s.snapshot() for s in self.stages] if self.loaded == key else [self.parked[key]]
+        return {"stages": states, "stats": [st.to_dict() for st in runner.stats]}
 
     def restore(self, key: str, snap: dict[str, Any] | None, stream: str, input_name: str) -> None:
         self.reset(key, stream, input_name)
         runner = self.runners[key]
         if snap is not None:
             if self.shared:
-                self.parked[key] = snap["stage"]  # swapped in at the stream's next call
+                self.parked[key] = snap["stages"][0]  # swapped in at the stream's next call
             else:
-                self.stage.restore(snap["stage"])
-            for k, v in snap["stats"].items():
-                setattr(runner.stats[0], k, v)
+                for stage, state in zip(self.stages, snap["stages"]):
+                    stage.restore(state)
+            for st, saved in zip(runner.stats, snap["stats"]):
+                for k, v in saved.items():
+                    setattr(st, k, v)
         if self.restarted and key not in self.counted:
             # Count this process's restart once per stream, on top of the restored counters.
-            runner.stats[0].restarts += 1
             self.counted.add(key)
-            self._metric()["restarts"].inc(tags={"stage": runner.stats[0].step_id, "stream": stream})
+            for st in runner.stats:
+                st.restarts += 1
+                self._metric()["restarts"].inc(tags={"stage": st.step_id, "stream": stream})
 
-    def stats(self, key: str) -> dict[str, Any]:
-        return self._select(key).stats[0].to_dict()
+    def stats(self, key: str) -> list[dict[str, Any]]:
+        return [st.to_dict() for st in self._select(key).stats]
 
-    def report(self, key: str) -> dict[str, Any]:
+    def report(self, key: str) -> list[Any]:
         self._select(key)
-        return self.stage.report()  # type: ignore[no-any-return]
+        return [s.report() for s in self.stages]
 
     def set_query(self, key: str, text: str | None) -> list[str]:
-        """Query-guided compression: the stream's stage weights its next packets by ``text``."""
+        """Query-guided compression: the stream's stages weight their next packets by ``text``."""
         self._select(key)
-        if not self.stage.accepts_query:
-            return []
-        self.stage.set_query(text)
-        return [self.stage.step_id]
+        return set_query_on(self.stages, text)
 
     def release(self, key: str) -> None:
         """Forget a finished stream (a pool actor outlives many streams)."""
@@ -422,8 +438,44 @@ def _driver_metrics() -> dict[str, Any]:
 
 
 
+def _group_resources(steps: Sequence[dict[str, float]]) -> dict[str, float]:
+    """What one actor running several steps asks of Ray: the sum of the steps' requests."""
+    out: dict[str, float] = {"num_cpus": 0.0}
+    for res in steps:
+        for k, v in {"num_cpus": 0.25, **res}.items():
+            out[k] = out.get(k, 0.0) + float(v)
+    return out
+
+
+def stage_groups(pipeline: Pipeline, *, pooled: bool = True, fuse: bool = True) -> list[list[int]]:
+    """The steps of ``pipeline`` as the actors that run them: lists of consecutive step indices.
+
+    ``fuse``: consecutive steps share one actor, and packets pass between them in process, as Ray
+    Data fuses consecutive map operators: an actor edge costs a few milliseconds per packet on a
+    small machine, more than a light stage's work. A step runs alone when it is an encoder of a
+    ``pooled`` runtime (its pool serves many streams), when it asks for a GPU (its own placement), and
+    a step that produces tokens ends its group (the fidelity meter takes the group's output as its
+    originals). ``fuse=False``: one actor per step."""
+    from streamzip.registry import get as get_stage
+
+    resources = pipeline.resources()
+    groups: list[list[int]] = []
+    open_group = False
+    for i, step in enumerate(pipeline.steps):
+        cls = get_stage(step.op).cls
+        alone = (not fuse or (pooled and get_stage(step.op).kind == "encoder")
+                 or bool(resources[step.id].get("num_gpus")))
+        if open_group and not alone:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+        open_group = not alone and not cls.produces
+    return groups
+
+
 class _StreamActors:
-    """The actors one stream has to itself: every step but the encoders, and its fidelity meter."""
+    """The actors one stream has to itself (every group of steps but the pooled encoders), and its
+    fidelity meter."""
 
     def __init__(self, actors: dict[int, Any], meter: Any, generation: int) -> None:
         self.actors, self.meter, self.generation = actors, meter, generation
@@ -441,10 +493,11 @@ class RayRuntime:
 
     Args:
         address: a Ray cluster to join; None starts Ray embedded on this machine.
-        progress: called after each source packet with the input's :class:`InputResult` so far.
-        max_inflight: source packets allowed between the source and the last stage (backpressure).
+        progress: called after each batch of source packets with the input's :class:`InputResult` so far.
+        max_inflight: batches of source packets allowed between the source and the last stage
+            (backpressure).
         live_inflight: the same bound for live sources, kept short so that latency stays bounded.
-        snapshot_every: packets between consistent snapshots of the chain (the replay window).
+        snapshot_every: batches between consistent snapshots of the chain (the replay window).
         restart_timeout_s: how long to wait for a dead actor to come back before giving up.
         encoder_pool: actors per encoder step, shared by every stream of every runtime of this process
             that runs the same step. 1 (the default): one copy of the encoder (one model in memory)
@@ -452,8 +505,12 @@ class RayRuntime:
             encoder is the bottleneck (e.g. one per GPU, or one per few busy cameras). 0: no pool, an
             encoder actor per stream like the other steps (for an encoder whose ``state_dict`` is not
             complete, which sharing needs as fault recovery does).
+        batch_packets: source packets sent down the chain in one call at most: a call takes every
+            packet the source has ready, up to this many (a live source's packets go on as they come).
+        fuse: run consecutive light steps of a stream in one actor (:func:`stage_groups`); False:
+            an actor per step.
         on_packet: test hook, called with (sequence number, the stream's actor per step) after each
-            packet is submitted.
+            batch is submitted.
     """
 
     name = "ray"
@@ -461,25 +518,27 @@ class RayRuntime:
     def __init__(self, *, address: str | None = None, progress: Callable[[InputResult], None] | None = None,
                  max_inflight: int = 16, live_inflight: int = 2, snapshot_every: int = 8,
                  restart_timeout_s: float = 60.0, encoder_pool: int = 1,
-                 prefetch_depth: int = 4, num_cpus: int | None = None,
+                 prefetch_depth: int = 4, num_cpus: int | None = None, fuse: bool = True,
+                 batch_packets: int = 8,
                  on_packet: Callable[[int, list[Any]], None] | None = None) -> None:
-        if max_inflight < 1 or snapshot_every < 1:
-            raise ValueError("max_inflight and snapshot_every must be >= 1")
+        if max_inflight < 1 or snapshot_every < 1 or batch_packets < 1:
+            raise ValueError("max_inflight, snapshot_every and batch_packets must be >= 1")
         if isinstance(encoder_pool, bool) or not isinstance(encoder_pool, int) or encoder_pool < 0:
             raise ValueError(f"encoder_pool must be an int >= 0 (actors per encoder step; 0: one per stream), "
                              f"got {encoder_pool!r}")
         self.address, self.progress = address, progress
         self.max_inflight, self.live_inflight, self.snapshot_every = max_inflight, live_inflight, snapshot_every
         self.restart_timeout_s, self.prefetch_depth, self.num_cpus = restart_timeout_s, prefetch_depth, num_cpus
-        self.encoder_pool = encoder_pool
+        self.encoder_pool, self.fuse, self.batch_packets = encoder_pool, fuse, batch_packets
         self.on_packet = on_packet
         self.results: list[InputResult] = []
         self._lock = threading.Lock()
         self._spec: dict[str, Any] | None = None
         self._fns: dict[int, Any] = {}
-        self._res: list[dict[str, float]] = []
+        self._res: list[dict[str, float]] = []  # per group: what its actor asks of Ray
+        self._groups: list[list[int]] = []  # the steps each actor of a stream runs
         self._keep_assignment = True
-        self._pools: dict[int, tuple[tuple[Any, ...], _EncoderPool]] = {}  # encoder step -> (key, pool)
+        self._pools: dict[int, tuple[tuple[Any, ...], _EncoderPool]] = {}  # encoder group -> (key, pool)
         self._free: list[_StreamActors] = []  # idle per-stream actors, kept for the next stream
         self._made: list[_StreamActors] = []  # every set made for the current pipeline
         self._busy = 0  # streams running now
@@ -489,7 +548,8 @@ class RayRuntime:
 
     # -- actors -------------------------------------------------------------------------------
     def _prepare(self, pipeline: Pipeline) -> None:
-        """Actor options for the pipeline's steps and its encoder pools (first use, or a new pipeline)."""
+        """Actor groups and options for the pipeline's steps and its encoder pools (first use, or a
+        new pipeline)."""
         from streamzip.registry import get as get_stage
 
         init_ray(self.address, num_cpus=self.num_cpus)
@@ -502,59 +562,61 @@ class RayRuntime:
                                    fix="use one RayRuntime per pipeline when running pipelines at once")
             self._shutdown_locked()
             resources = pipeline.resources()
-            self._res = [resources[s.id] for s in pipeline.steps]
+            self._groups = stage_groups(pipeline, pooled=self.encoder_pool > 0, fuse=self.fuse)
+            self._res = [_group_resources([resources[pipeline.steps[i].id] for i in g]) for g in self._groups]
             self._fns = {i: s.fn for i, s in enumerate(pipeline.steps) if s.fn is not None}
             self._keep_assignment = pipeline.keep_assignment
-            encoders = [i for i, s in enumerate(pipeline.steps)
-                        if self.encoder_pool and get_stage(s.op).kind == "encoder"]
-            cpus = [r.get("num_cpus", 0.25) for r in self._res]
-            pooled = sum(cpus[i] for i in encoders) * self.encoder_pool
-            self._first_scale = self._cpu_scale(pooled + self._stream_cpus(encoders))
+            pooled = [g for g, steps in enumerate(self._groups) if self.encoder_pool
+                      and get_stage(pipeline.steps[steps[0]].op).kind == "encoder"]
+            cpus = [r["num_cpus"] for r in self._res]
+            self._first_scale = self._cpu_scale(sum(cpus[g] for g in pooled) * self.encoder_pool
+                                                + self._stream_cpus(pooled))
             session = ray.get_runtime_context().get_job_id()
-            for i in encoders:
+            for g in pooled:
+                (i,) = self._groups[g]
                 step = pipeline.steps[i]
                 # Runtimes share a pool when its actors would build the same operator.
                 key = (session, self.address, json.dumps(step.to_dict(), sort_keys=True, default=repr),
                        spec.get("query"), id(step.fn) if step.fn is not None else None, self.encoder_pool)
-                opts, threads = self._options(i, self._first_scale)
+                opts, threads = self._options(g, self._first_scale)
 
                 def make(i: int = i, opts: dict[str, Any] = opts, threads: int = threads) -> list[Any]:
-                    return [StageActor.options(**opts).remote(spec, self._fns, i, threads, True)  # type: ignore[attr-defined]
+                    return [StageActor.options(**opts).remote(spec, self._fns, [i], threads, True)  # type: ignore[attr-defined]
                             for _ in range(self.encoder_pool)]
 
-                self._pools[i] = (key, _acquire_pool(key, make))
+                self._pools[g] = (key, _acquire_pool(key, make))
             self._spec = spec
 
-    def _stream_cpus(self, encoders: Sequence[int] | None = None) -> float:
-        skip = set(self._pools) if encoders is None else set(encoders)
-        return sum(r.get("num_cpus", 0.25) for i, r in enumerate(self._res) if i not in skip)
+    def _stream_cpus(self, pooled: Sequence[int] | None = None) -> float:
+        skip = set(self._pools) if pooled is None else set(pooled)
+        return sum(r["num_cpus"] for g, r in enumerate(self._res) if g not in skip)
 
-    def _options(self, index: int, scale: float) -> tuple[dict[str, Any], int]:
-        """Ray options of step ``index``'s actors, and the torch threads they may use."""
-        res = self._res[index]
-        opts: dict[str, Any] = {"num_cpus": max(0.001, round(res.get("num_cpus", 0.25) * scale, 4))}
+    def _options(self, group: int, scale: float) -> tuple[dict[str, Any], int]:
+        """Ray options of the actors of step group ``group``, and the torch threads they may use."""
+        res = self._res[group]
+        opts: dict[str, Any] = {"num_cpus": max(0.001, round(res["num_cpus"] * scale, 4))}
         if res.get("num_gpus"):
             opts["num_gpus"] = res["num_gpus"]
         if res.get("memory_mb"):
             opts["memory"] = int(res["memory_mb"] * 2**20)
-        return opts, max(1, int(res.get("num_cpus", 0.25)))
+        return opts, max(1, int(res["num_cpus"]))
 
     def _checkout(self) -> tuple[_StreamActors, dict[int, _EncoderPool]]:
         """Actors for one stream (reused or new) and the encoder pools, for :meth:`run_source`."""
         with self._lock:
             assert self._spec is not None
-            pools = {i: pool for i, (_, pool) in self._pools.items()}
+            pools = {g: pool for g, (_, pool) in self._pools.items()}
             if self._free:
                 mine = self._free.pop()
                 self._busy += 1
                 return mine, pools
             scale = self._first_scale if not self._made else self._cpu_scale(self._stream_cpus())
             actors = {}
-            for i in range(len(self._res)):
-                if i not in pools:
-                    opts, threads = self._options(i, scale)
-                    actors[i] = StageActor.options(**opts).remote(  # type: ignore[attr-defined]
-                        self._spec, self._fns, i, threads)
+            for g, steps in enumerate(self._groups):
+                if g not in pools:
+                    opts, threads = self._options(g, scale)
+                    actors[g] = StageActor.options(**opts).remote(  # type: ignore[attr-defined]
+                        self._spec, self._fns, steps, threads)
             # One fidelity meter per stream, reset per input (an actor start costs a second or two).
             meter = MeterActor.remote() if self._keep_assignment else None  # type: ignore[attr-defined]
             mine = _StreamActors(actors, meter, self._generation)
@@ -593,7 +655,7 @@ class RayRuntime:
             if self._spec is None:
                 return {}
             steps = Pipeline.from_dict(self._spec).steps
-            return {steps[i].id: list(pool.actors) for i, (_, pool) in self._pools.items()}
+            return {steps[self._groups[g][0]].id: list(pool.actors) for g, (_, pool) in self._pools.items()}
 
     def shutdown(self) -> None:
         """Kill this runtime's actors and give back its encoder pools (Ray itself keeps running)."""
@@ -650,9 +712,10 @@ class RayRuntime:
         (counted in ``result.drops``) rather than make the source wait."""
         self._prepare(pipeline)
         mine, pools = self._checkout()
-        pinned = {i: pool.assign() for i, pool in pools.items()}
-        actors = [pinned[i] if i in pinned else mine.actors[i] for i in range(len(pipeline.steps))]
-        chain = _Chain(self, actors, mine.meter, result, pipeline)
+        pinned = {g: pool.assign() for g, pool in pools.items()}
+        actors = [pinned[g] if g in pinned else mine.actors[g] for g in range(len(self._groups))]
+        chain = _Chain(self, actors, self._groups, mine.meter, result, pipeline)
+        per_step = [actors[g] for g, steps in enumerate(self._groups) for _ in steps]
         self._running.add(chain)
         t_start = time.perf_counter()
 
@@ -666,9 +729,9 @@ class RayRuntime:
         try:
             chain.reset()
             for packet in feed:
-                chain.submit(packet)
+                chain.submit([packet, *feed.ready(self.batch_packets - 1)])
                 if self.on_packet is not None:
-                    self.on_packet(chain.next_seq - 1, actors)
+                    self.on_packet(chain.next_seq - 1, per_step)
                 while chain.inflight_count() >= limit:
                     yield from chain.complete_oldest()
                 update_from_source(result, source, feed, t_start)
@@ -684,8 +747,8 @@ class RayRuntime:
             self._running.discard(chain)
             feed.close()
             chain.close()
-            for i, a in pinned.items():
-                pools[i].unassign(a)
+            for g, a in pinned.items():
+                pools[g].unassign(a)
             self._checkin(mine)
             update_from_source(result, source, feed, t_start)
             result.audio_s = source.stats.audio_samples / pipeline.decode.sample_rate_hz
@@ -694,17 +757,20 @@ class RayRuntime:
 class _Chain:
     """The packets of one stream in flight through the actors, with snapshots and replay."""
 
-    def __init__(self, rt: RayRuntime, actors: list[Any], meter: Any, result: InputResult,
-                 pipeline: Pipeline) -> None:
+    def __init__(self, rt: RayRuntime, actors: list[Any], groups: list[list[int]], meter: Any,
+                 result: InputResult, pipeline: Pipeline) -> None:
         from streamzip.registry import get as get_stage
 
         self.rt, self.actors, self.meter, self.result = rt, actors, meter, result
         # The stream's name in the actors: unique, since pool actors serve several streams at once
         # and two inputs may share a file name.
         self.key = f"{result.stream}#{uuid.uuid4().hex[:12]}"
-        self.produces = [tuple(get_stage(step.op).cls.produces) for step in pipeline.steps]
-        self.query_steps = [i for i, step in enumerate(pipeline.steps) if get_stage(step.op).cls.accepts_query]
-        self.query_step_ids = [pipeline.steps[i].id for i in self.query_steps]
+        self.step_produces = [tuple(get_stage(step.op).cls.produces) for step in pipeline.steps]
+        # What each actor's output holds fresh from an encoder (only a group's last step produces).
+        self.produces = [self.step_produces[g[-1]] for g in groups]
+        takes_query = [get_stage(step.op).cls.accepts_query for step in pipeline.steps]
+        self.query_steps = [a for a, g in enumerate(groups) if any(takes_query[i] for i in g)]
+        self.query_step_ids = [step.id for step, q in zip(pipeline.steps, takes_query) if q]
         # (first packet it applies to, query) for every set_query of the run, replayed after a recovery
         self.query_events: list[tuple[int, str | None]] = []
         self.next_seq = 0
@@ -750,10 +816,11 @@ class _Chain:
         if (seq + 1) % self.rt.snapshot_every == 0:
             self.cuts.append((seq, [a.snapshot.remote(self.key) for a in self.actors]))
 
-    def submit(self, packet: Packet) -> None:
+    def submit(self, packets: list[Packet]) -> None:
+        """Send source packets down the chain as one batch (one call per actor)."""
         seq = self.next_seq
         self.next_seq += 1
-        ref = ray.put([packet])
+        ref = ray.put(packets)
         self.replay.append((seq, ref))
         self._send(seq, ref)
 
@@ -849,9 +916,9 @@ class _Chain:
 
     def _collect(self) -> None:
         stats = ray.get([a.stats.remote(self.key) for a in self.actors])
-        self.result.stages = [StageStats(**s) for s in stats]
-        self.result.tokens_in = sum(s.tokens_out for s, p in zip(self.result.stages, self.produces) if p)
-        reports = ray.get([a.report.remote(self.key) for a in self.actors])
+        self.result.stages = [StageStats(**s) for group in stats for s in group]
+        self.result.tokens_in = sum(s.tokens_out for s, p in zip(self.result.stages, self.step_produces) if p)
+        reports = [r for group in ray.get([a.report.remote(self.key) for a in self.actors]) for r in group]
         self.result.reports = {st.step_id: r for st, r in zip(self.result.stages, reports) if r}
         if self.meter is not None:
             try:

@@ -16,10 +16,10 @@ from streamzip.batch import run_batch
 from streamzip.errors import BackendError, OutputError
 from streamzip.output import load
 from streamzip.packets import Tokens
-from streamzip.pipeline import load_pipeline
+from streamzip.pipeline import Pipeline, load_pipeline
 from streamzip.pipelines import builtin_names
 from streamzip.runtime.local import LocalRuntime
-from streamzip.runtime.ray import RayRuntime, _check_reachable, init_ray
+from streamzip.runtime.ray import RayRuntime, _check_reachable, init_ray, stage_groups
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,9 +61,25 @@ def test_ray_and_local_give_identical_tokens(name, clip) -> None:  # type: ignor
     assert a.fidelity is not None and b.fidelity == pytest.approx(a.fidelity, abs=1e-6)
 
 
-@pytest.mark.parametrize("victim", [0, -1])
-def test_a_killed_stage_restarts_and_the_run_ends_identical(victim, clip) -> None:  # type: ignore[no-untyped-def]
+def test_light_steps_share_an_actor_and_encoders_run_alone() -> None:
     pipe = load_pipeline("default")
+    steps = [s.id for s in pipe.steps]
+    assert steps[:3] == ["video_encoder", "vad", "audio_encoder"]
+    # Pooled encoders alone; the light steps between and after them fused.
+    assert stage_groups(pipe) == [[0], [1], [2], [3, 4, 5, 6, 7]]
+    # Without a pool an encoder may close the group before it (it produces: the group ends with it).
+    assert stage_groups(pipe, pooled=False) == [[0], [1, 2], [3, 4, 5, 6, 7]]
+    assert stage_groups(pipe, fuse=False) == [[i] for i in range(8)]
+    # A step that asks for a GPU gets an actor of its own.
+    spec = pipe.to_dict()
+    spec["steps"][4]["resources"] = {"num_gpus": 1}
+    assert stage_groups(Pipeline.from_dict(spec)) == [[0], [1], [2], [3], [4], [5, 6, 7]]
+
+
+@pytest.mark.parametrize(("victim", "fuse"), [(0, True), (-1, True), (-1, False), (1, True)],
+                         ids=["encoder", "fused-tail", "unfused-tail", "webrtc-vad"])
+def test_a_killed_stage_restarts_and_the_run_ends_identical(victim, fuse, clip) -> None:  # type: ignore[no-untyped-def]
+    pipe = load_pipeline("default")  # webrtc VAD included: its state is restored exactly too
     local = tokens_of(LocalRuntime().run(pipe, [clip.path]))
     killed: list[int] = []
 
@@ -72,13 +88,15 @@ def test_a_killed_stage_restarts_and_the_run_ends_identical(victim, clip) -> Non
             ray.kill(actors[victim], no_restart=False)
             killed.append(seq)
 
-    rt = RayRuntime(on_packet=kill, snapshot_every=2)
+    rt = RayRuntime(on_packet=kill, snapshot_every=2, fuse=fuse)
     try:
         remote = tokens_of(rt.run(pipe, [clip.path]))
     finally:
         rt.shutdown()
     assert killed and rt.results[0].restarts >= 1
-    assert sum(st.restarts for st in rt.results[0].stages) == 1
+    # Each step of the killed actor counts one restart; the others none.
+    group = next(g for g in stage_groups(pipe, fuse=fuse) if range(len(pipe.steps))[victim] in g)
+    assert [st.restarts for st in rt.results[0].stages] == [int(i in group) for i in range(len(pipe.steps))]
     assert_same(local, remote)
 
 

@@ -18,12 +18,13 @@ from streamzip.runtime.ray import RayRuntime, init_ray
 from streamzip.stats import InputResult
 
 # Both encoders (video and audio, the fbank one carrying samples from packet to packet) pooled, and
-# two per-stream stages that hold state across packets. (No webrtc VAD: its C state cannot be saved, so
-# a chain holding one is not restored exactly; see operators/vad.py.)
+# per-stream stages that hold state across packets (the webrtc VAD between the encoders, whose state is
+# the bounded audio it rebuilds webrtcvad's from on restore).
 POOLED = {
     "name": "pooled", "decode": {"fps": 2, "width": 224, "height": 224},
     "steps": [
         {"id": "video_encoder", "op": "patch_encoder", "patch_size": 32},
+        {"id": "vad", "op": "vad", "backend": "webrtc"},
         {"id": "audio_encoder", "op": "fbank_encoder", "tokens_per_s": 25},
         {"id": "merge_audio", "op": "atome", "threshold": 0.8, "window_s": 4.0},
         {"id": "window", "op": "window", "window_s": 4.0, "max_video_tokens": 32, "max_audio_tokens": 32},
@@ -107,7 +108,7 @@ def test_two_streams_through_one_pool_actor_give_the_tokens_of_separate_runs(cli
     finally:
         rt.shutdown()
     # One actor per encoder step served both streams, at the same time; the other steps had one each.
-    assert [len(s) for s in seen] == [1, 1, 2, 2]
+    assert [len(s) for s in seen] == [1, 2, 1, 2, 2]
     assert max(held) == 2
     assert_same(expected[0], tokens_of(a))
     assert_same(expected[1], tokens_of(b))
@@ -177,10 +178,11 @@ def test_a_killed_pool_actor_restarts_and_every_stream_it_served_ends_identical(
             ray.kill(actors[0], no_restart=False)  # the video encoder's pool actor
             killed.append(seq)
 
-    # Two runtimes, as two cameras of `streamzip live` have, share the encoder pool.
-    rt_a = RayRuntime(encoder_pool=1, max_inflight=2, snapshot_every=2,
+    # Two runtimes, as two cameras of `streamzip live` have, share the encoder pool. (A packet per call:
+    # the kill lands at a known packet.)
+    rt_a = RayRuntime(encoder_pool=1, max_inflight=2, snapshot_every=2, batch_packets=1,
                       on_packet=lambda seq, actors: started.append(seq))
-    rt_b = RayRuntime(encoder_pool=1, max_inflight=2, snapshot_every=2, on_packet=kill)
+    rt_b = RayRuntime(encoder_pool=1, max_inflight=2, snapshot_every=2, batch_packets=1, on_packet=kill)
     try:
         (ra, ga), (rb, gb) = stream(rt_a, pipe, clip.path), stream(rt_b, pipe, short_clip.path)
         a, b = interleave(ga, gb)
@@ -195,7 +197,7 @@ def test_a_killed_pool_actor_restarts_and_every_stream_it_served_ends_identical(
     # and each counts the encoder's restart once.
     for r in (ra, rb):
         assert r.restarts >= 1
-        assert [s.restarts for s in r.stages] == [1, 0, 0, 0]
+        assert [s.restarts for s in r.stages] == [1, 0, 0, 0, 0]
 
 
 def test_a_live_query_is_replayed_in_place_after_a_kill(clip, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -217,7 +219,8 @@ def test_a_live_query_is_replayed_in_place_after_a_kill(clip, tmp_path) -> None:
             if seq == kill_at:
                 ray.kill(actors[1], no_restart=False)  # the window stage: the whole chain is restored
 
-        rt = holder["rt"] = RayRuntime(encoder_pool=1, max_inflight=8, snapshot_every=4, on_packet=hook)
+        rt = holder["rt"] = RayRuntime(encoder_pool=1, max_inflight=8, snapshot_every=4, batch_packets=1,
+                                       on_packet=hook)
         try:
             return tokens_of(rt.run(pipe, [clip.path]))
         finally:

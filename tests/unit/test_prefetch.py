@@ -60,3 +60,29 @@ def test_closing_early_stops_and_closes_the_source() -> None:
     assert next(feed) == 0
     feed.close()
     assert closed.wait(10)
+
+
+def test_ready_takes_what_is_queued_without_waiting_and_leaves_the_end() -> None:
+    done = threading.Event()
+    feed = Prefetch(lambda: produce(5, done), depth=10)
+    assert done.wait(10)  # everything queued: 0..4, End, then the end of the source
+    assert next(feed) == 0
+    assert feed.ready(2) == [1, 2]
+    rest = feed.ready(10)  # End comes too (a packet); the end of the source stays for next()
+    assert rest[:2] == [3, 4] and isinstance(rest[2], End) and len(rest) == 3
+    assert feed.ready(3) == [] and list(feed) == []
+
+
+def test_ready_leaves_an_error_for_next() -> None:
+    def bad():  # type: ignore[no-untyped-def]
+        yield 1
+        yield 2
+        raise ValueError("decoder broke")
+
+    feed = Prefetch(bad, depth=10)
+    assert next(feed) == 1
+    while len(feed._items) < 2:  # wait until 2 and the error are queued
+        threading.Event().wait(0.01)
+    assert feed.ready(5) == [2]
+    with pytest.raises(ValueError, match="decoder broke"):
+        next(feed)
