@@ -88,6 +88,8 @@ class LiveConfig(Config):
     runtime: Literal["local", "ray"] = "local"
     # A Ray cluster to join (ray runtime); None = Ray embedded on this machine.
     address: str | None = None
+    # Ray runtime: actors per encoder step, shared by every camera (0: an encoder actor per camera).
+    encoder_pool: int = 1
     # Window packets queued per WebSocket/SSE client; a slower client loses the oldest.
     subscriber_queue: int = 32
     # Latency samples kept per stream for the p50/p95 in /metrics.
@@ -98,6 +100,8 @@ class LiveConfig(Config):
     def check(self):  # type: ignore[no-untyped-def]
         if not 0 <= self.port <= 65535:
             yield "port", f"must be in [0, 65535], got {self.port}"
+        if self.encoder_pool < 0:
+            yield "encoder_pool", f"must be >= 0 (actors per encoder step; 0: one per stream), got {self.encoder_pool}"
         if not 1 <= self.subscriber_queue <= 10_000:
             yield "subscriber_queue", f"must be in [1, 10000], got {self.subscriber_queue}"
         if not 1 <= self.latency_samples <= 1_000_000:
@@ -432,7 +436,7 @@ class LiveServer:
         if self.cfg.runtime == "ray":
             from streamzip.runtime.ray import RayRuntime
 
-            return RayRuntime(address=self.cfg.address)
+            return RayRuntime(address=self.cfg.address, encoder_pool=self.cfg.encoder_pool)
         from streamzip.runtime.local import LocalRuntime
 
         return LocalRuntime()
@@ -805,12 +809,13 @@ def _num(value: float) -> str:
 
 # -- entry points ---------------------------------------------------------------------------------
 def serve(pipeline: Any, inputs: Sequence[Any], *, host: str = "127.0.0.1", port: int = 8000,
-          token: str | None = None, runtime: str = "local", address: str | None = None,
+          token: str | None = None, runtime: str = "local", address: str | None = None, encoder_pool: int = 1,
           rtsp: RtspConfig | None = None, mic: MicConfig | None = None,
           credentials: tuple[str | None, str | None] = (None, None),
           output: str | os.PathLike[str] | None = None) -> LiveServer:
     """Start a :class:`LiveServer` in the background and return it (``stop()`` it when done)."""
-    cfg = LiveConfig(host=host, port=port, runtime=runtime, address=address)  # type: ignore[arg-type]
+    cfg = LiveConfig(host=host, port=port, runtime=runtime, address=address,  # type: ignore[arg-type]
+                     encoder_pool=encoder_pool)
     return LiveServer(pipeline, inputs, cfg, token=token, rtsp=rtsp, mic=mic, credentials=credentials,
                       output=output).start()
 
@@ -881,13 +886,17 @@ def _cmd_live(args: argparse.Namespace) -> int:
         pipeline.query = args.query
     host, port = parse_serve(args.serve)
     token = read_token(args.token, args.token_file)
-    runtime = args.runtime or ("ray" if args.address else "local")  # --address alone means Ray
+    # --address or --encoder-pool alone means Ray
+    runtime = args.runtime or ("ray" if args.address or args.encoder_pool is not None else "local")
     if args.address and runtime != "ray":
         raise ConfigError([Problem("--address", "--address joins a Ray cluster: use it with --runtime ray")])
+    if args.encoder_pool is not None and runtime != "ray":
+        raise ConfigError([Problem("--encoder-pool", "sizes the Ray runtime's encoder pool: use it with --runtime ray")])
+    pool = 1 if args.encoder_pool is None else args.encoder_pool
     rtsp = RtspConfig(transport=args.transport, read_timeout_s=args.read_timeout, max_retries=args.max_retries)
     creds = (os.environ.get(ENV_RTSP_USERNAME) or None, os.environ.get(ENV_RTSP_PASSWORD) or None)
-    server = LiveServer(pipeline, args.inputs, LiveConfig(host=host, port=port, runtime=runtime,
-                                                          address=args.address),
+    cfg = LiveConfig(host=host, port=port, runtime=runtime, address=args.address, encoder_pool=pool)
+    server = LiveServer(pipeline, args.inputs, cfg,
                         token=token, rtsp=rtsp, credentials=creds, output=args.output)
     server.start()
     print(f"serving {server.url} — streams: {', '.join(server.streams)} (Ctrl-C to stop)", flush=True)
@@ -918,6 +927,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--runtime", choices=("local", "ray"), default=None,
                    help="local (threads in this process; the default) or ray (stage actors; implied by --address)")
     p.add_argument("--address", help="a Ray cluster to join ('auto' on a cluster node); implies --runtime ray")
+    p.add_argument("--encoder-pool", type=int, metavar="N",
+                   help="actors per encoder step, shared by every camera (default 1; 0: one per camera); "
+                        "implies --runtime ray")
     p.add_argument("--transport", choices=("tcp", "udp", "prefer_tcp"), default="tcp", help="RTSP transport")
     p.add_argument("--read-timeout", type=float, default=4.0, help="seconds without data before reconnecting")
     p.add_argument("--max-retries", type=int, default=None, help="give a source up after this many failures in a row "

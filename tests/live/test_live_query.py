@@ -50,10 +50,15 @@ def guided_pipeline(model: Path) -> Pipeline:
 
 @pytest.mark.parametrize("runtime", ["local", "ray"])
 def test_a_posted_question_reweights_the_following_windows(rtsp_server, siglip, runtime) -> None:  # type: ignore[no-untyped-def]
-    server = serve(guided_pipeline(siglip), [rtsp_server.url("/cam1")], port=0, runtime=runtime)
+    pool = {"encoder_pool": 2} if runtime == "ray" else {}
+    server = serve(guided_pipeline(siglip), [rtsp_server.url("/cam1")], port=0, runtime=runtime, **pool)
     try:
         stream = server.streams["cam1"]
         assert wait_until(lambda: stream.windows.get("video", 0) >= 1 or stream.status == "failed", 60), stream.info()
+        if runtime == "ray":  # the encoder runs on a pool of the configured size
+            from streamzip.runtime import ray as ray_runtime
+
+            assert [len(p.actors) for p in ray_runtime._POOLS.values()] == [2]
         assert stream.info()["query"] is None
         # bad bodies are refused with the shape to send
         assert post(server.url + "/streams/cam1/query", b"not json")[0] == 400
