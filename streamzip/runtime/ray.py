@@ -301,12 +301,10 @@ class StageActor:
                 st.restarts += 1
                 self._metric()["restarts"].inc(tags={"stage": st.step_id, "stream": stream})
 
-    def stats(self, key: str) -> list[dict[str, Any]]:
-        return [st.to_dict() for st in self._select(key).stats]
-
-    def report(self, key: str) -> list[Any]:
-        self._select(key)
-        return [s.report() for s in self.stages]
+    def summary(self, key: str) -> dict[str, list[Any]]:
+        """The stream's counters and reports of the group's stages, after its last packet."""
+        runner = self._select(key)
+        return {"stats": [st.to_dict() for st in runner.stats], "reports": [s.report() for s in self.stages]}
 
     def set_query(self, key: str, text: str | None) -> list[str]:
         """Query-guided compression: the stream's stages weight their next packets by ``text``."""
@@ -915,10 +913,10 @@ class _Chain:
                         pass  # replayed packets: their outputs were passed on already
 
     def _collect(self) -> None:
-        stats = ray.get([a.stats.remote(self.key) for a in self.actors])
-        self.result.stages = [StageStats(**s) for group in stats for s in group]
+        summaries = ray.get([a.summary.remote(self.key) for a in self.actors])
+        self.result.stages = [StageStats(**s) for group in summaries for s in group["stats"]]
         self.result.tokens_in = sum(s.tokens_out for s, p in zip(self.result.stages, self.step_produces) if p)
-        reports = [r for group in ray.get([a.report.remote(self.key) for a in self.actors]) for r in group]
+        reports = [r for group in summaries for r in group["reports"]]
         self.result.reports = {st.step_id: r for st, r in zip(self.result.stages, reports) if r}
         if self.meter is not None:
             try:
