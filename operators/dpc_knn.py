@@ -101,8 +101,7 @@ IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 #: more than k tokens the cells need. The default pipelines' windows stay far below it.
 AUTO_MIN_TOKENS = 8192
 
-_BLOCK_QUERIES = 512      # exact fallback: queries per block
-_BLOCK_POINTS = 16384     # exact fallback: candidate points per block (512 × 16384 floats = 32 MiB)
+_BLOCK_POINTS = 16384     # norms without FAISS: rows per block (64 MiB temporaries)
 _BLOCK_FLOATS = 1 << 24   # other blocked searches: floats per distance block on the CPU (64 MiB)
 # Other blocked searches on the CPU: queries per block. Larger temporaries made on the pool's threads
 # stay in their malloc arenas (+0.9 GB RSS at 262,144 tokens with 4096), for no speed gain.
@@ -170,9 +169,40 @@ def _map(pool: ThreadPoolExecutor | None, fn: Callable[[T], R], items: Iterable[
     return map(fn, items) if pool is None else pool.map(fn, items)
 
 
+def _blas() -> Any:
+    """FAISS, where its BLAS computes the CPU searches' distances, else None (torch then).
+
+    FAISS's OpenBLAS runs these products 1.2-1.6x faster than torch's on one thread on the benchmark's
+    CPU (an AMD EPYC, where torch's MKL takes a slower path), and it computes the norms in the same
+    pass. Each thread calls it single-threaded (``plan_clusters`` sets FAISS's OpenMP threads to 1 on
+    every thread it uses), so results do not depend on the thread count."""
+    return _faiss()
+
+
 def _squared_norms(x: torch.Tensor) -> torch.Tensor:
     """``(N,)`` squared L2 norms, in blocks (no N×D temporary)."""
+    faiss = _blas() if x.device.type == "cpu" else None
+    if faiss is not None and x.shape[0]:
+        out = np.empty(x.shape[0], dtype=np.float32)
+        faiss.fvec_norms_L2sqr(faiss.swig_ptr(out), faiss.swig_ptr(x.numpy()), x.shape[1], x.shape[0])
+        return torch.from_numpy(out)
     return torch.cat([x[s:s + _BLOCK_POINTS].square().sum(1) for s in range(0, x.shape[0], _BLOCK_POINTS)])
+
+
+def _sqdist(a: torch.Tensor, b: torch.Tensor, a_norms: torch.Tensor | None = None,
+            b_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """``(A, B)`` squared L2 distances between the rows of ``a (A, D)`` and ``b (B, D)``, contiguous
+    float32 (FAISS's BLAS on the CPU where installed, else torch with the given norms)."""
+    faiss = _blas() if a.device.type == "cpu" else None
+    if faiss is not None and a.shape[0] and b.shape[0]:
+        an, bn = a.numpy(), b.numpy()
+        out = np.empty((an.shape[0], bn.shape[0]), dtype=np.float32)
+        faiss.pairwise_L2sqr(an.shape[1], an.shape[0], faiss.swig_ptr(an), bn.shape[0], faiss.swig_ptr(bn),
+                             faiss.swig_ptr(out))
+        return torch.from_numpy(out)
+    an = a.square().sum(1) if a_norms is None else a_norms
+    bn = b.square().sum(1) if b_norms is None else b_norms
+    return (bn.unsqueeze(0) - 2.0 * (a @ b.T)) + an.unsqueeze(1)
 
 
 def _nearest(q: torch.Tensor, base: torch.Tensor, m: int, pool: ThreadPoolExecutor | None, *,
@@ -180,16 +210,29 @@ def _nearest(q: torch.Tensor, base: torch.Tensor, m: int, pool: ThreadPoolExecut
              base_norms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact ``m`` nearest rows of ``base (B, D)`` for each row of ``q (Q, D)``: squared distances and
     indices ``(Q, m)``, nearest first, by blocks of queries (on any device; no Q×B matrix)."""
-    bn = _squared_norms(base) if base_norms is None else base_norms
+    bn = base_norms
+    if bn is None and (q.device.type != "cpu" or _blas() is None):
+        bn = _squared_norms(base)
     floats = _BLOCK_FLOATS if q.device.type == "cpu" else 1 << 28
-    rows = max(1, min(floats // max(1, base.shape[0]), math.ceil(q.shape[0] / 4),
+    # a quarter of the queries per block (so the pool's threads share even a few), but at least 64 (a
+    # thinner product runs slower)
+    rows = max(1, min(floats // max(1, base.shape[0]), max(64, math.ceil(q.shape[0] / 4)),
                       _BLOCK_ROWS if q.device.type == "cpu" else q.shape[0]))
+
+    faiss = _blas() if q.device.type == "cpu" else None
 
     def block(s: int) -> tuple[torch.Tensor, torch.Tensor]:
         qb = q[s:s + rows]
-        qn = qb.square().sum(1) if q_norms is None else q_norms[s:s + rows]
-        d2 = (bn.unsqueeze(0) - 2.0 * (qb @ base.T)) + qn.unsqueeze(1)
-        v, i = torch.topk(d2, m, dim=1, largest=False)
+        # FAISS's product and its top-m in one pass (fewer rows than its BLAS threshold take a slow
+        # path there: those get the product and a torch top-m)
+        if faiss is not None and qb.shape[0] * qb.shape[1] >= faiss.cvar.distance_compute_blas_threshold:
+            d2n, idn = faiss.knn(qb.numpy(), base.numpy(), m)
+            return torch.from_numpy(d2n).clamp(min=0), torch.from_numpy(idn)
+        d2 = _sqdist(qb, base, None if q_norms is None else q_norms[s:s + rows], bn)
+        if m == 1:
+            v, i = d2.min(1, keepdim=True)
+        else:
+            v, i = torch.topk(d2, m, dim=1, largest=False)
         return v.clamp(min=0), i
 
     out = list(_map(pool, block, range(0, q.shape[0], rows)))
@@ -209,34 +252,43 @@ def _first_denser(dist2: torch.Tensor, nbr: torch.Tensor, rank: torch.Tensor,
 
 
 def _exact_denser(x: torch.Tensor, queries: torch.Tensor, rank: torch.Tensor, order: torch.Tensor, *,
-                  norms: torch.Tensor | None = None, pool: ThreadPoolExecutor | None = None,
-                  block: int = _BLOCK_QUERIES) -> torch.Tensor:
-    """Exact squared distance from each of ``queries`` to its nearest denser token, in blocks of
-    ``block`` queries (side by side on the pool). ``order`` lists the tokens densest first; ``rank`` is
-    its inverse."""
-    out = torch.empty(queries.numel(), dtype=torch.float32, device=x.device)
-    perm = torch.argsort(rank[queries])  # densest queries first: their candidate sets are smallest
-    norms = _squared_norms(x) if norms is None else norms
-    points = (_BLOCK_POINTS if block >= _BLOCK_QUERIES else 4096) if x.device.type == "cpu" else 1 << 16
-    if x.device.type != "cpu":
-        block = max(block, 4096)
+                  norms: torch.Tensor | None = None, pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
+    """Exact squared distance from each of ``queries`` to its nearest denser token. ``order`` lists the
+    tokens densest first; ``rank`` is its inverse.
 
-    def one(qs: int) -> tuple[torch.Tensor, torch.Tensor]:
-        sel = perm[qs:qs + block]
-        q = queries[sel]
-        xq, rq = x[q], rank[q]
-        best = torch.full((q.numel(),), float("inf"), device=x.device)
-        limit = int(rq.max())  # only tokens denser than the block's least dense query matter
-        for ps in range(0, limit, points):
-            p = order[ps:min(limit, ps + points)]
-            d2 = norms[q].unsqueeze(1) + norms[p].unsqueeze(0) - 2.0 * (xq @ x[p].T)
-            d2 = d2.masked_fill(rank[p].unsqueeze(0) >= rq.unsqueeze(1), float("inf"))
-            best = torch.minimum(best, d2.min(1).values)
-        return sel, best
+    By chunks of ``order`` (side by side on the pool): each chunk is gathered once and compared with
+    the queries less dense than its first token (the others have no denser token there), so the
+    products cost about the sum of the queries' ranks. The minimum is exact whatever the order."""
+    cpu = x.device.type == "cpu"
+    points, rows = (2048, 1024) if cpu else (1 << 16, 4096)
+    if norms is None:
+        norms = _squared_norms(x)
+    perm = torch.argsort(rank[queries])  # densest queries first
+    q = queries[perm]
+    rq = rank[q]
+    xq, nq = x.index_select(0, q), norms[q]
+    limit = int(rq[-1]) if q.numel() else 0  # only tokens denser than the least dense query matter
+    starts = list(range(0, limit, points))
+    # chunk [ps, ps + points) matters to the queries ranked after ps: a suffix of the sorted queries
+    first = torch.searchsorted(rq, torch.tensor(starts, dtype=rq.dtype, device=rq.device), right=True).tolist()
 
-    for sel, best in _map(pool, one, range(0, perm.numel(), block)):
-        out[sel] = best
-    return out.clamp(min=0)
+    def one(job: tuple[int, int]) -> tuple[int, torch.Tensor]:
+        ps, f = job
+        p = order[ps:min(limit, ps + points)]
+        xp, np_, rp = x.index_select(0, p), norms[p], rank[p]
+        best = []
+        for s in range(f, q.numel(), rows):
+            d2 = _sqdist(xq[s:s + rows], xp, nq[s:s + rows], np_)
+            d2 = d2.masked_fill(rp.unsqueeze(0) >= rq[s:s + rows].unsqueeze(1), math.inf)
+            best.append(d2.min(1).values)
+        return f, torch.cat(best)
+
+    out = torch.full((q.numel(),), math.inf, device=x.device)
+    for f, best in _map(pool, one, zip(starts, first)):
+        out[f:] = torch.minimum(out[f:], best)
+    res = torch.empty_like(out)
+    res[perm] = out.clamp(min=0)
+    return res
 
 
 # -- searches -----------------------------------------------------------------------------------------
@@ -318,15 +370,18 @@ class _TorchSearch:
         return _nearest(self.x, self.x, k, self.pool, q_norms=self.norms, base_norms=self.norms)
 
     def denser(self, rows: torch.Tensor, rank: torch.Tensor, order: torch.Tensor, k: int) -> torch.Tensor:
-        return _exact_denser(self.x, rows, rank, order, norms=self.norms, pool=self.pool, block=128)
+        return _exact_denser(self.x, rows, rank, order, norms=self.norms, pool=self.pool)
 
     def nearest(self, centers: torch.Tensor) -> torch.Tensor:
-        return _nearest(self.x, self.x[centers], 1, self.pool, q_norms=self.norms)[1][:, 0]
+        return _nearest(self.x, self.x.index_select(0, centers), 1, self.pool, q_norms=self.norms)[1][:, 0]
 
 
 def _closest(a: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     """Each row's nearest mean, ``(A,)``, in blocks of at most 4M distances (on this thread: the work is
     small and k-means runs it often)."""
+    faiss = _blas() if a.device.type == "cpu" else None
+    if faiss is not None and a.shape[0] * a.shape[1] >= faiss.cvar.distance_compute_blas_threshold:
+        return torch.from_numpy(faiss.knn(a.contiguous().numpy(), means.contiguous().numpy(), 1)[1][:, 0])
     mn = means.square().sum(1)
     rows = max(1, (1 << 22) // means.shape[0])
     return torch.cat([(mn - 2.0 * (a[s:s + rows] @ means.T)).argmin(1) for s in range(0, a.shape[0], rows)])
@@ -353,7 +408,7 @@ def _split_large(x: torch.Tensor, cell: torch.Tensor, cap: float, gen: torch.Gen
     while todo:
         c = todo.pop()
         mem = (cell == c).nonzero().squeeze(1)
-        xm = x[mem]
+        xm = x.index_select(0, mem)
         lab = _kmeans(xm, 2, gen, iters=5)
         if int(lab.min()) == int(lab.max()):  # identical tokens: nothing to cut
             continue
@@ -410,36 +465,52 @@ class _CellSearch:
                 rank: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``width`` nearest tokens (denser ones only, with ``rank``) in the cells of ``rows``.
 
-        Cell by cell: the queries that search a cell against its members, one matrix product, merged
-        into each query's list in cell order (so the result does not depend on the threads)."""
+        Cell by cell: the queries that search a cell against its members, one matrix product; each
+        (query, probe) pair has its own slot for that cell's ``width`` nearest, and one top-k over a
+        query's slots merges them (so the result does not depend on the threads)."""
         x, norms = self.x, self.norms
         probe = self.probe[rows]
+        slots = probe.shape[1]
         cells = probe.reshape(-1)
-        query = torch.arange(rows.numel()).repeat_interleave(probe.shape[1])
-        query, cells = query[cells >= 0], cells[cells >= 0]
+        pair = torch.arange(cells.numel())[cells >= 0]  # query * slots + slot
+        cells = cells[pair]
         by_cell = torch.argsort(cells, stable=True)
-        query, cells = query[by_cell], cells[by_cell]
+        pair, cells = pair[by_cell], cells[by_cell]
         bounds = torch.searchsorted(cells, torch.arange(len(self.members) + 1)).tolist()
-        jobs = [(c, query[s:min(b, s + 1024)]) for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))
+        jobs = [(c, pair[s:min(b, s + 1024)]) for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))
                 for s in range(a, b, 1024)]
+        best = torch.full((rows.numel() * slots, width), math.inf)
+        ids = torch.full((rows.numel() * slots, width), -1, dtype=torch.int32)
 
-        def one(job: tuple[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            c, qi = job
-            mem, q = self.members[c], rows[qi]
-            d2 = norms[q].unsqueeze(1) + norms[mem].unsqueeze(0) - 2.0 * (x[q] @ x[mem].T)
+        def one(job: tuple[int, torch.Tensor]) -> None:
+            c, pj = job
+            mem = self.members[c]
+            q = rows[pj // slots]
+            d2 = _sqdist(x.index_select(0, q), x.index_select(0, mem), norms[q], norms[mem])
             if rank is not None:
                 d2 = d2.masked_fill(rank[mem].unsqueeze(0) >= rank[q].unsqueeze(1), math.inf)
-            v, j = torch.topk(d2, min(width, mem.numel()), dim=1, largest=False)
-            return qi, v, mem[j]
+            w = min(width, mem.numel())
+            if w == 1:
+                v, j = d2.min(1, keepdim=True)
+            elif w < mem.numel():  # a partial selection: the slots are ordered once, after the merge
+                jn = np.argpartition(d2.numpy(), w - 1, axis=1)[:, :w]
+                j = torch.from_numpy(jn)
+                v = d2.gather(1, j)
+            else:
+                v, j = d2, torch.arange(w).expand(q.numel(), w)
+            if w == width:
+                best.index_copy_(0, pj, v)
+                ids.index_copy_(0, pj, mem.to(torch.int32)[j])
+            else:
+                best[pj, :w] = v
+                ids[pj, :w] = mem.to(torch.int32)[j]
 
-        best = torch.full((rows.numel(), width), math.inf)
-        ids = torch.full((rows.numel(), width), -1, dtype=torch.int64)
-        for qi, v, found in _map(self.pool, one, jobs):
-            merged, j = torch.topk(torch.cat([best[qi], v], 1), width, dim=1, largest=False)
-            ids[qi] = torch.cat([ids[qi], found], 1).gather(1, j)
-            best[qi] = merged
-        ids[torch.isinf(best)] = -1
-        return best.clamp(min=0), ids
+        for _ in _map(self.pool, one, jobs):
+            pass
+        best, j = torch.topk(best.view(rows.numel(), slots * width), width, dim=1, largest=False)
+        found = ids.view(rows.numel(), slots * width).gather(1, j).to(torch.int64)
+        found[torch.isinf(best)] = -1
+        return best.clamp(min=0), found
 
     def knn(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         d2, ids = self._search(torch.arange(self.x.shape[0]), k, None)
@@ -449,7 +520,7 @@ class _CellSearch:
         return self._search(rows, 1, rank)[0][:, 0]
 
     def nearest(self, centers: torch.Tensor) -> torch.Tensor:
-        return _nearest(self.x, self.x[centers], 1, self.pool, q_norms=self.norms)[1][:, 0]
+        return _nearest(self.x, self.x.index_select(0, centers), 1, self.pool, q_norms=self.norms)[1][:, 0]
 
 
 def _with_reverse(d2: torch.Tensor, ids: torch.Tensor, offers: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -460,9 +531,12 @@ def _with_reverse(d2: torch.Tensor, ids: torch.Tensor, offers: int = 8) -> tuple
     offers = min(offers, k)
     src = torch.arange(n, dtype=torch.int32).repeat_interleave(offers)
     dst, dist = ids[:, :offers].reshape(-1).to(torch.int32), d2[:, :offers].reshape(-1)
-    have = (torch.arange(n).unsqueeze(1) * n + ids).reshape(-1)
-    new = (dst >= 0) & ~torch.isin(dst.to(torch.int64) * n + src, have[ids.reshape(-1) >= 0])
-    del have
+    # i offers itself to j unless j's list holds it already (in blocks: a block of lists is gathered)
+    new = dst >= 0
+    step = max(1, _BLOCK_FLOATS // (4 * k))
+    for s in range(0, dst.numel(), step):
+        held = ids.index_select(0, dst[s:s + step].clamp(min=0)) == src[s:s + step].unsqueeze(1)
+        new[s:s + step] &= ~held.any(1)
     src, dst, dist = src[new], dst[new], dist[new]
     by = torch.argsort(dist, stable=True)
     by = by[torch.argsort(dst[by], stable=True)]  # by receiver, nearest first
@@ -485,7 +559,7 @@ def _sampled_recall(x: torch.Tensor, norms: torch.Tensor, dist2: torch.Tensor, k
     if k < 2:
         return 1.0
     rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:_RECALL_SAMPLES]
-    exact, _ = _nearest(x[rows], x, k, pool, q_norms=norms[rows], base_norms=norms)
+    exact, _ = _nearest(x.index_select(0, rows), x, k, pool, q_norms=norms[rows], base_norms=norms)
     found = dist2[rows, :k]
     # the two sides compute the same distance in different blocks: allow their rounding
     tol = 1e-4 * exact + 1e-5 * norms[rows].unsqueeze(1)
@@ -509,7 +583,7 @@ def _exact_centres(x: torch.Tensor, norms: torch.Tensor, density: torch.Tensor, 
         batch = queue[pos:pos + step]
         batch = batch[~done[batch]]
         if batch.numel():
-            exact = _exact_denser(x, batch, rank, order, norms=norms, pool=pool, block=128)
+            exact = _exact_denser(x, batch, rank, order, norms=norms, pool=pool)
             delta2[batch] = torch.minimum(delta2[batch], exact)
             done[batch] = True
         pos += step
@@ -585,6 +659,12 @@ def _plan(x: torch.Tensor, num_clusters: int, k: int, neighbours: int, index: st
                        recall=recall)
 
 
+def _one_faiss_thread() -> None:
+    faiss = _faiss()
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
+
+
 def plan_clusters(x: torch.Tensor, num_clusters: int, k: int = 5, *, index: IndexKind = "auto",
                   neighbours: int = 32, weight: torch.Tensor | None = None) -> ClusterPlan:
     """DPC-KNN of ``x (N, D)`` into ``num_clusters`` clusters, on ``x``'s device (module docstring).
@@ -615,7 +695,9 @@ def plan_clusters(x: torch.Tensor, num_clusters: int, k: int = 5, *, index: Inde
     if faiss is not None:
         faiss.omp_set_num_threads(1)
     torch.set_num_threads(1)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="dpc_knn") if workers > 1 else None
+    # FAISS's OpenMP thread count is per thread: each of the pool's threads sets its own
+    pool = (ThreadPoolExecutor(workers, thread_name_prefix="dpc_knn", initializer=_one_faiss_thread)
+            if workers > 1 else None)
     try:
         return _plan(xf, num_clusters, k, neighbours, index, pool, weight)
     finally:
