@@ -190,19 +190,21 @@ def _squared_norms(x: torch.Tensor) -> torch.Tensor:
 
 
 def _sqdist(a: torch.Tensor, b: torch.Tensor, a_norms: torch.Tensor | None = None,
-            b_norms: torch.Tensor | None = None) -> torch.Tensor:
+            b_norms: torch.Tensor | None = None, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """``(A, B)`` squared L2 distances between the rows of ``a (A, D)`` and ``b (B, D)``, contiguous
-    float32 (FAISS's BLAS on the CPU where installed, else torch with the given norms)."""
+    float32 (FAISS's BLAS on the CPU where installed, else torch with the given norms); into ``out``
+    (contiguous) when given."""
     faiss = _blas() if a.device.type == "cpu" else None
     if faiss is not None and a.shape[0] and b.shape[0]:
         an, bn = a.numpy(), b.numpy()
-        out = np.empty((an.shape[0], bn.shape[0]), dtype=np.float32)
+        res = np.empty((an.shape[0], bn.shape[0]), dtype=np.float32) if out is None else out.numpy()
         faiss.pairwise_L2sqr(an.shape[1], an.shape[0], faiss.swig_ptr(an), bn.shape[0], faiss.swig_ptr(bn),
-                             faiss.swig_ptr(out))
-        return torch.from_numpy(out)
+                             faiss.swig_ptr(res))
+        return torch.from_numpy(res) if out is None else out
     an = a.square().sum(1) if a_norms is None else a_norms
     bn = b.square().sum(1) if b_norms is None else b_norms
-    return (bn.unsqueeze(0) - 2.0 * (a @ b.T)) + an.unsqueeze(1)
+    d2 = (bn.unsqueeze(0) - 2.0 * (a @ b.T)) + an.unsqueeze(1)
+    return d2 if out is None else out.copy_(d2)
 
 
 def _nearest(q: torch.Tensor, base: torch.Tensor, m: int, pool: ThreadPoolExecutor | None, *,
@@ -376,46 +378,99 @@ class _TorchSearch:
         return _nearest(self.x, self.x.index_select(0, centers), 1, self.pool, q_norms=self.norms)[1][:, 0]
 
 
-def _closest(a: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-    """Each row's nearest mean, ``(A,)``, in blocks of at most 4M distances (on this thread: the work is
-    small and k-means runs it often)."""
+def _closest(a: torch.Tensor, means: torch.Tensor, pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
+    """Each row's nearest mean, ``(A,)``, by blocks of 4096 rows (side by side on the pool)."""
     faiss = _blas() if a.device.type == "cpu" else None
-    if faiss is not None and a.shape[0] * a.shape[1] >= faiss.cvar.distance_compute_blas_threshold:
-        return torch.from_numpy(faiss.knn(a.contiguous().numpy(), means.contiguous().numpy(), 1)[1][:, 0])
+    a, means = a.contiguous(), means.contiguous()
     mn = means.square().sum(1)
-    rows = max(1, (1 << 22) // means.shape[0])
-    return torch.cat([(mn - 2.0 * (a[s:s + rows] @ means.T)).argmin(1) for s in range(0, a.shape[0], rows)])
+
+    def block(s: int) -> torch.Tensor:
+        ab = a[s:s + 4096]
+        if faiss is not None and ab.shape[0] * ab.shape[1] >= faiss.cvar.distance_compute_blas_threshold:
+            return torch.from_numpy(faiss.knn(ab.numpy(), means.numpy(), 1)[1][:, 0])
+        return (mn - 2.0 * (ab @ means.T)).argmin(1)
+
+    return torch.cat(list(_map(pool, block, range(0, a.shape[0], 4096))))
 
 
-def _kmeans(s: torch.Tensor, num_cells: int, gen: torch.Generator, iters: int = 10) -> torch.Tensor:
+def _cell_sums(x: torch.Tensor, cell: torch.Tensor, num_cells: int,
+               pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
+    """``(num_cells, D)`` sums of the rows of ``x`` per cell, by 8 blocks of rows (side by side on the
+    pool; the blocks do not depend on the threads, so neither does the rounding)."""
+    rows = max(2048, math.ceil(x.shape[0] / 8))
+
+    def part(s: int) -> torch.Tensor:
+        return torch.zeros(num_cells, x.shape[1], dtype=x.dtype).index_add_(0, cell[s:s + rows], x[s:s + rows])
+
+    parts = _map(pool, part, range(0, x.shape[0], rows))
+    sums = next(parts)
+    for p in parts:
+        sums += p
+    return sums
+
+
+def _kmeans(s: torch.Tensor, num_cells: int, gen: torch.Generator, iters: int = 10,
+            pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
     """Lloyd's k-means of ``s (N, d)`` on a sample of 64 points per cell; ``(N,)`` each point's cell."""
-    sample = s[torch.randperm(s.shape[0], generator=gen)[: min(s.shape[0], _KMEANS_SAMPLE * num_cells)]]
-    means = sample[:num_cells].clone()  # the sample is in random order: its first points seed the cells
+    sample = s.index_select(0, torch.randperm(s.shape[0], generator=gen)[: min(s.shape[0], _KMEANS_SAMPLE * num_cells)])
+    if num_cells == 2:  # a cut in two: seeded by a far pair (a random pair often lies in one group)
+        far = _sqdist(sample, sample[:1]).argmax()
+        means = torch.stack([sample[far], sample[_sqdist(sample, sample[far:far + 1]).argmax()]])
+    else:  # the sample is in random order: its first points seed the cells
+        means = sample[:num_cells].clone()
     for _ in range(iters):
-        lab = _closest(sample, means)
+        lab = _closest(sample, means, pool)
         count = torch.bincount(lab, minlength=num_cells).unsqueeze(1)
         sums = torch.zeros_like(means).index_add_(0, lab, sample)
         means = torch.where(count > 0, sums / count.clamp(min=1), means)  # an empty cell keeps its mean
-    return _closest(s, means)
+    return _closest(s, means, pool)
 
 
-def _split_large(x: torch.Tensor, cell: torch.Tensor, cap: float, gen: torch.Generator) -> torch.Tensor:
+def _split_large(x: torch.Tensor, cell: torch.Tensor, cap: float,
+                 pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
     """Cut every cell of more than ``cap`` tokens in two by 2-means (in full dimension), until none is
-    left: k-means grows hub cells, and a search costs the sum over cells of queries × members."""
+    left: k-means grows hub cells, and a search costs the sum over cells of queries × members. The
+    cells of a round are cut side by side on the pool, each with its own random generator."""
     cell = torch.unique(cell, return_inverse=True)[1]  # ids 0..C-1
     next_id = int(cell.max()) + 1
     todo = [c for c, m in enumerate(torch.bincount(cell).tolist()) if m > cap]
     while todo:
-        c = todo.pop()
-        mem = (cell == c).nonzero().squeeze(1)
-        xm = x.index_select(0, mem)
-        lab = _kmeans(xm, 2, gen, iters=5)
-        if int(lab.min()) == int(lab.max()):  # identical tokens: nothing to cut
-            continue
-        cell[mem[lab == 1]] = next_id
-        todo += [cc for cc, m in ((c, int((lab == 0).sum())), (next_id, int((lab == 1).sum()))) if m > cap]
-        next_id += 1
+        by_cell = torch.argsort(cell, stable=True)
+        bounds = torch.searchsorted(cell[by_cell], torch.tensor([[c, c + 1] for c in todo])).tolist()
+
+        def halve(job: tuple[int, list[int]], by_cell: torch.Tensor = by_cell) -> tuple[torch.Tensor, torch.Tensor]:
+            c, (a, b) = job
+            mem = by_cell[a:b]
+            return mem, _kmeans(x.index_select(0, mem), 2, torch.Generator().manual_seed(c), iters=5)
+
+        halves = list(_map(pool, halve, zip(todo, bounds)))
+        todo = []
+        for mem, lab in halves:
+            if int(lab.min()) == int(lab.max()):  # identical tokens: nothing to cut
+                continue
+            c = int(cell[mem[0]])
+            cell[mem[lab == 1]] = next_id
+            todo += [cc for cc, m in ((c, int((lab == 0).sum())), (next_id, int((lab == 1).sum()))) if m > cap]
+            next_id += 1
     return cell
+
+
+def _smallest(d2: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``w`` smallest of each row of ``d2 (Q, M)`` (finite, CPU), nearest first: values, columns.
+
+    A sort of int32 keys (numpy's vectorised sort, 3-5x faster than a partial selection here): a
+    non-negative float's bits order as an integer, and the low ``log2(M)`` bits are replaced by the
+    column, so distances closer than ``2^(log2(M)-23)`` relative (1e-4 for a few hundred columns) are
+    ordered by column. The values returned are the exact ones."""
+    dn = d2.numpy()
+    bits = (d2.shape[1] - 1).bit_length()
+    low = np.int32((1 << bits) - 1)
+    keys = np.maximum(dn, 0).view(np.int32)
+    keys &= ~low
+    keys |= np.arange(d2.shape[1], dtype=np.int32)
+    keys.sort(axis=1)
+    j = keys[:, :w] & low
+    return torch.from_numpy(np.take_along_axis(dn, j, 1)), torch.from_numpy(j.astype(np.int64))
 
 
 class _CellSearch:
@@ -424,7 +479,10 @@ class _CellSearch:
     name = "ivf"
     exact = False
 
-    def __init__(self, x: torch.Tensor, norms: torch.Tensor, pool: ThreadPoolExecutor | None) -> None:
+    def __init__(self, x: torch.Tensor, norms: torch.Tensor, pool: ThreadPoolExecutor | None, *,
+                 check: int = 0) -> None:
+        """``check``: for ``index: auto``, the k of the recall check (:func:`_sampled_recall`), whose
+        exact search then runs on the pool during the sketch's k-means; 0: none."""
         n, dim = x.shape
         self.x, self.norms, self.pool = x, norms, pool
         gen = torch.Generator().manual_seed(0)
@@ -434,16 +492,17 @@ class _CellSearch:
             sketch = torch.cat(list(_map(pool, lambda s: x[s:s + 4096] @ proj, range(0, n, 4096))))
         else:
             sketch = x
-        cell = _kmeans(sketch, num_cells, gen)
+        self.sample = _recall_sample(x, norms, check, pool) if check > 1 else None
+        cell = _kmeans(sketch, num_cells, gen)  # on this thread: small steps
         del sketch
         # The cells' means in full dimension, refined by Lloyd steps there (the sketch blurs small groups
         # across cells); each token's own cell and probes by its exact distance to them.
         for step in range(_FULL_STEPS + 1):
             if step == _FULL_STEPS:
-                cell = _split_large(x, cell, 2 * max(_CELL_TOKENS, math.sqrt(n / 2)), gen)
+                cell = _split_large(x, cell, 2 * max(_CELL_TOKENS, math.sqrt(n / 2)), pool)
                 num_cells = int(cell.max()) + 1
             count = torch.bincount(cell, minlength=num_cells)
-            means = torch.zeros(num_cells, dim).index_add_(0, cell, x)[count > 0] / count[count > 0].unsqueeze(1)
+            means = _cell_sums(x, cell, num_cells, pool)[count > 0] / count[count > 0].unsqueeze(1)
             num_cells = means.shape[0]
             if step < _FULL_STEPS:
                 cell = _nearest(x, means, 1, pool, q_norms=norms)[1][:, 0]
@@ -461,14 +520,18 @@ class _CellSearch:
         bounds = torch.searchsorted(own[by_cell], torch.arange(means.shape[0] + 1)).tolist()
         self.members = [by_cell[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def _search(self, rows: torch.Tensor, width: int,
+    def _search(self, rows: torch.Tensor | None, width: int,
                 rank: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``width`` nearest tokens (denser ones only, with ``rank``) in the cells of ``rows``.
+        """The ``width`` nearest tokens (denser ones only, with ``rank``) in the cells of ``rows`` (None:
+        every token).
 
         Cell by cell: the queries that search a cell against its members, one matrix product; each
         (query, probe) pair has its own slot for that cell's ``width`` nearest, and one top-k over a
         query's slots merges them (so the result does not depend on the threads)."""
         x, norms = self.x, self.norms
+        every = rows is None
+        if rows is None:
+            rows = torch.arange(x.shape[0])
         probe = self.probe[rows]
         slots = probe.shape[1]
         cells = probe.reshape(-1)
@@ -477,25 +540,34 @@ class _CellSearch:
         by_cell = torch.argsort(cells, stable=True)
         pair, cells = pair[by_cell], cells[by_cell]
         bounds = torch.searchsorted(cells, torch.arange(len(self.members) + 1)).tolist()
-        jobs = [(c, pair[s:min(b, s + 1024)]) for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))
-                for s in range(a, b, 1024)]
+        chunk = x.shape[0] if every else 1024
+        jobs = [(c, pair[s:min(b, s + chunk)]) for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))
+                for s in range(a, b, chunk)]
         best = torch.full((rows.numel() * slots, width), math.inf)
         ids = torch.full((rows.numel() * slots, width), -1, dtype=torch.int32)
 
         def one(job: tuple[int, torch.Tensor]) -> None:
             c, pj = job
             mem = self.members[c]
-            q = rows[pj // slots]
-            d2 = _sqdist(x.index_select(0, q), x.index_select(0, mem), norms[q], norms[mem])
+            xm = x.index_select(0, mem)
+            if every:  # a cell's own queries (slot 0) are its members, in order: gathered already
+                own = pj % slots == 0
+                pj = torch.cat([pj[own], pj[~own]])
+                m = mem.numel()
+                q = torch.cat([mem, rows[pj[m:] // slots]])
+                d2 = torch.empty(q.numel(), m)
+                _sqdist(xm, xm, norms[mem], norms[mem], out=d2[:m])
+                _sqdist(x.index_select(0, q[m:]), xm, norms[q[m:]], norms[mem], out=d2[m:])
+            else:
+                q = rows[pj // slots]
+                d2 = _sqdist(x.index_select(0, q), xm, norms[q], norms[mem])
             if rank is not None:
                 d2 = d2.masked_fill(rank[mem].unsqueeze(0) >= rank[q].unsqueeze(1), math.inf)
             w = min(width, mem.numel())
             if w == 1:
                 v, j = d2.min(1, keepdim=True)
-            elif w < mem.numel():  # a partial selection: the slots are ordered once, after the merge
-                jn = np.argpartition(d2.numpy(), w - 1, axis=1)[:, :w]
-                j = torch.from_numpy(jn)
-                v = d2.gather(1, j)
+            elif w < mem.numel():
+                v, j = _smallest(d2, w)
             else:
                 v, j = d2, torch.arange(w).expand(q.numel(), w)
             if w == width:
@@ -513,7 +585,7 @@ class _CellSearch:
         return best.clamp(min=0), found
 
     def knn(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        d2, ids = self._search(torch.arange(self.x.shape[0]), k, None)
+        d2, ids = self._search(None, k, None)
         return _with_reverse(d2, ids)
 
     def denser(self, rows: torch.Tensor, rank: torch.Tensor, order: torch.Tensor, k: int) -> torch.Tensor:
@@ -551,15 +623,33 @@ def _with_reverse(d2: torch.Tensor, ids: torch.Tensor, offers: int = 8) -> tuple
     return d2, torch.cat([ids, offer_i], 1).gather(1, j)
 
 
-def _sampled_recall(x: torch.Tensor, norms: torch.Tensor, dist2: torch.Tensor, k: int,
-                    pool: ThreadPoolExecutor | None) -> float:
-    """The share of the exact k-1 nearest neighbours (self aside) of :data:`_RECALL_SAMPLES` random
-    tokens that ``dist2`` (a search's sorted lists) holds, compared by distance (ties are no misses)."""
-    n = x.shape[0]
+def _recall_sample(x: torch.Tensor, norms: torch.Tensor, k: int,
+                   pool: ThreadPoolExecutor | None) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """The exact ``k`` nearest squared distances of :data:`_RECALL_SAMPLES` random tokens, started now
+    on the pool's threads (the cells' serial k-means runs meanwhile): a call returns ``rows, d2``."""
+    rows = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:_RECALL_SAMPLES]
+    q = x.index_select(0, rows)
+    step = 64  # two blocks for the two usual threads; fewer rows run slower
+
+    def block(s: int) -> torch.Tensor:
+        return torch.topk(_sqdist(q[s:s + step], x, norms[rows[s:s + step]], norms), k, dim=1,
+                          largest=False).values.clamp(min=0)
+
+    if pool is None:
+        parts = [block(s) for s in range(0, rows.numel(), step)]
+        return lambda: (rows, torch.cat(parts))
+    futures = [pool.submit(block, s) for s in range(0, rows.numel(), step)]
+    return lambda: (rows, torch.cat([f.result() for f in futures]))
+
+
+def _sampled_recall(norms: torch.Tensor, dist2: torch.Tensor, k: int,
+                    sample: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """The share of the exact k-1 nearest neighbours (self aside) of the sampled tokens
+    (:func:`_recall_sample`) that ``dist2`` (a search's sorted lists) holds, compared by distance (ties
+    are no misses)."""
     if k < 2:
         return 1.0
-    rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:_RECALL_SAMPLES]
-    exact, _ = _nearest(x.index_select(0, rows), x, k, pool, q_norms=norms[rows], base_norms=norms)
+    rows, exact = sample()
     found = dist2[rows, :k]
     # the two sides compute the same distance in different blocks: allow their rounding
     tol = 1e-4 * exact + 1e-5 * norms[rows].unsqueeze(1)
@@ -608,7 +698,7 @@ def _plan(x: torch.Tensor, num_clusters: int, k: int, neighbours: int, index: st
     if x.device.type != "cpu":
         search = _TorchSearch(x, norms, pool)
     elif kind in ("ivf", "auto") and n >= 2048:  # fewer tokens: exact search is as fast
-        search = _CellSearch(x, norms, pool)
+        search = _CellSearch(x, norms, pool, check=k if kind == "auto" else 0)
     elif faiss is not None:
         search = _FaissSearch(x, "hnsw" if kind == "hnsw" else "flat", faiss)
     elif kind == "hnsw":
@@ -620,15 +710,16 @@ def _plan(x: torch.Tensor, num_clusters: int, k: int, neighbours: int, index: st
     # and δ is made exact wherever it matters
     dist2, nbr = search.knn(min(kk, max(k, _CELL_NEIGHBOURS)) if search.name == "ivf" else kk)
     recall = None
-    if kind == "auto" and search.name == "ivf":
-        recall = _sampled_recall(x, norms, dist2, k, pool)
+    if kind == "auto" and isinstance(search, _CellSearch):
+        recall = 1.0 if search.sample is None else _sampled_recall(norms, dist2, k, search.sample)
         if recall < _MIN_RECALL:  # no local structure for the cells: search exactly
             search = _FaissSearch(x, "flat", faiss) if faiss is not None else _TorchSearch(x, norms, pool)
             dist2, nbr = search.knn(kk)
     rows = torch.arange(n, dtype=torch.int64, device=x.device)
 
     # Density: self at distance 0, then the k-1 nearest others (approximate searches may miss self).
-    others = torch.where(nbr == rows.unsqueeze(1), torch.full_like(dist2, math.inf), dist2)
+    # (the lists are sorted and hold self at most once: the k-1 nearest others are in the first k)
+    others = torch.where(nbr[:, :k] == rows.unsqueeze(1), math.inf, dist2[:, :k])
     others = torch.sort(others, dim=1).values[:, : k - 1]
     density = torch.exp(-others.sum(1) / (k * dim)) if k > 1 else torch.ones(n, device=x.device)
     density = density.to(torch.float32)
@@ -659,7 +750,10 @@ def _plan(x: torch.Tensor, num_clusters: int, k: int, neighbours: int, index: st
                        recall=recall)
 
 
-def _one_faiss_thread() -> None:
+def _one_thread() -> None:
+    """A pool thread's setup: FAISS's and torch's OpenMP run one thread here (their settings are per
+    thread), so each product runs alone, as on one core."""
+    torch.set_num_threads(1)
     faiss = _faiss()
     if faiss is not None:
         faiss.omp_set_num_threads(1)
@@ -696,7 +790,7 @@ def plan_clusters(x: torch.Tensor, num_clusters: int, k: int = 5, *, index: Inde
         faiss.omp_set_num_threads(1)
     torch.set_num_threads(1)
     # FAISS's OpenMP thread count is per thread: each of the pool's threads sets its own
-    pool = (ThreadPoolExecutor(workers, thread_name_prefix="dpc_knn", initializer=_one_faiss_thread)
+    pool = (ThreadPoolExecutor(workers, thread_name_prefix="dpc_knn", initializer=_one_thread)
             if workers > 1 else None)
     try:
         return _plan(xf, num_clusters, k, neighbours, index, pool, weight)

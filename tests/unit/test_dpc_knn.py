@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -175,6 +176,140 @@ def test_ivf_gives_the_same_plan_whatever_the_thread_count() -> None:
     assert torch.get_num_threads() == threads
     for field in ("centers", "assign", "density", "delta"):
         assert torch.equal(getattr(one, field), getattr(three, field))
+
+
+def test_auto_gives_the_same_plan_whatever_the_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the recall check's exact search runs on the pool while the cells are built
+    monkeypatch.setattr(dpc, "AUTO_MIN_TOKENS", 2000)
+    x = clustered(4000, 64, 40, seed=6)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = plan_clusters(x, 80, 5)
+        torch.set_num_threads(3)
+        three = plan_clusters(x, 80, 5)
+    finally:
+        torch.set_num_threads(threads)
+    assert one.search == three.search == "ivf" and one.recall == three.recall
+    for field in ("centers", "assign", "density", "delta"):
+        assert torch.equal(getattr(one, field), getattr(three, field))
+
+
+# -- search internals -----------------------------------------------------------------------------
+
+def tied(n: int, d: int, seed: int) -> torch.Tensor:
+    """Small integer tokens, a fifth of them repeated: many equal distances, and exact ones."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randint(-3, 4, (n - n // 5, d), generator=g).float()
+    return torch.cat([base, base[torch.randperm(base.shape[0], generator=g)[: n // 5]]])
+
+
+def ranks(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A density order with ties (broken by index, as the plan does): ``order, rank``."""
+    density = torch.randint(0, 50, (n,), generator=torch.Generator().manual_seed(seed)).float()
+    order = torch.sort(density, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n)
+    return order, rank
+
+
+def brute_denser(x: torch.Tensor, queries: torch.Tensor, rank: torch.Tensor,
+                 among: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Squared distance from each query to its nearest denser token (``among[i]``: only those), float64."""
+    d2 = ((x[queries].double().unsqueeze(1) - x.double().unsqueeze(0)) ** 2).sum(2)
+    d2[rank.unsqueeze(0) >= rank[queries].unsqueeze(1)] = math.inf
+    if among is not None:
+        mask = torch.ones_like(d2, dtype=torch.bool)
+        for i, cand in enumerate(among):
+            mask[i, cand] = False
+        d2[mask] = math.inf
+    return d2.min(1).values
+
+
+@pytest.mark.parametrize("faiss", [True, False])
+def test_exact_denser_matches_brute_force_with_ties_and_duplicates(faiss: bool,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    if not faiss:
+        monkeypatch.setattr(dpc, "_faiss", lambda: None)
+    x = tied(5000, 6, seed=1)  # more tokens than one chunk of the density order
+    order, rank = ranks(x.shape[0], seed=2)
+    queries = torch.cat([order[:3], torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(3))[:400]])
+    got = dpc._exact_denser(x, queries, rank, order)
+    want = brute_denser(x, queries, rank)
+    assert math.isinf(got[0]) and torch.equal(torch.isinf(got), torch.isinf(want))
+    assert torch.equal(got.double()[~torch.isinf(got)], want[~torch.isinf(want)])  # integers: exact
+    with ThreadPoolExecutor(3, initializer=dpc._one_thread) as pool:
+        assert torch.equal(dpc._exact_denser(x, queries, rank, order, pool=pool), got)
+
+
+def test_first_denser_of_exact_lists_is_the_nearest_denser() -> None:
+    # the kNN lists give δ wherever they hold a denser token (the first in distance order)
+    x = tied(3000, 4, seed=4)
+    order, rank = ranks(x.shape[0], seed=5)
+    rows = torch.arange(x.shape[0])
+    dist2, nbr = dpc._TorchSearch(x, dpc._squared_norms(x), None).knn(16)
+    delta2, has = dpc._first_denser(dist2, nbr, rank, rows)
+    assert 0.5 * x.shape[0] < int(has.sum()) < x.shape[0]  # found for most, not for local peaks
+    assert torch.equal(delta2[has].double(), brute_denser(x, rows[has], rank))
+
+
+def test_smallest_by_sorted_keys_is_an_exact_top_k() -> None:
+    g = torch.Generator().manual_seed(6)
+    for cols in (3, 17, 130, 700):
+        d2 = torch.randint(0, 60, (40, cols), generator=g).float() * 1.5  # ties
+        d2[:, cols // 2] = -1e-3  # rounding can give a token a small negative distance: ordered as 0
+        w = min(16, cols - 1)
+        v, j = dpc._smallest(d2, w)
+        exact = torch.sort(d2.clamp(min=0), dim=1).values[:, :w]
+        assert torch.equal(v.clamp(min=0), exact)  # the w smallest, nearest first
+        assert torch.equal(d2.gather(1, j), v) and all(len(set(r)) == w for r in j.tolist())  # exact values
+
+
+def test_cell_search_is_exact_within_the_probed_cells() -> None:
+    x = clustered(3000, 32, 30, seed=9)
+    search = dpc._CellSearch(x, dpc._squared_norms(x), None)
+    owner = torch.empty(x.shape[0], dtype=torch.int64)
+    for c, mem in enumerate(search.members):
+        owner[mem] = c
+    cands = [torch.cat([search.members[c] for c in p.tolist() if c >= 0]) for p in search.probe]
+    assert all(int(owner[i]) == int(search.probe[i, 0]) for i in range(0, x.shape[0], 97))  # own cell first
+    # the k nearest (slots merged over the probed cells) against brute force over the same candidates
+    d2, ids = search._search(None, 16, None)
+    for i in range(0, x.shape[0], 37):
+        want = torch.sort(((x[cands[i]] - x[i]) ** 2).sum(1)).values[:16]
+        assert torch.allclose(d2[i], want, rtol=1e-4, atol=1e-3)
+        assert set(ids[i].tolist()) <= set(cands[i].tolist())
+    # the nearest denser token in the probed cells, for a subset of the tokens
+    order, rank = ranks(x.shape[0], seed=10)
+    rows = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(11))[:200]
+    got = search.denser(rows, rank, order, 16)
+    want = brute_denser(x, rows, rank, [cands[int(i)] for i in rows])
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    assert torch.allclose(got.double()[~torch.isinf(got)], want[~torch.isinf(want)], rtol=1e-4, atol=1e-3)
+
+
+def test_reverse_lists_offer_each_token_to_the_tokens_that_found_it() -> None:
+    g = torch.Generator().manual_seed(12)
+    n, k = 300, 10
+    d2 = torch.sort(torch.rand(n, k, generator=g), dim=1).values
+    ids = torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(n)])  # distinct per list
+    ids[::7, -3:], d2[::7, -3:] = -1, math.inf  # short lists
+    out_d, out_i = dpc._with_reverse(d2, ids, offers=4)
+    for i in range(n):
+        have = {int(j): float(v) for j, v in zip(ids[i], d2[i]) if j >= 0}
+        offered = {j: float(d2[j, t]) for j in range(n) for t in range(4) if int(ids[j, t]) == i and j not in have}
+        best = sorted(list(have.items()) + sorted(offered.items(), key=lambda kv: kv[1])[:4], key=lambda kv: kv[1])[:k]
+        assert torch.allclose(out_d[i][: len(best)], torch.tensor([v for _, v in best]))
+        assert set(out_i[i][: len(best)].tolist()) == {j for j, _ in best}
+
+
+def test_cell_sums_do_not_depend_on_the_pool() -> None:
+    x = torch.randn(5000, 16, generator=torch.Generator().manual_seed(13))
+    cell = torch.randint(0, 40, (5000,), generator=torch.Generator().manual_seed(14))
+    alone = dpc._cell_sums(x, cell, 40)
+    assert torch.allclose(alone, torch.zeros(40, 16).index_add_(0, cell, x), atol=1e-4)
+    with ThreadPoolExecutor(3) as pool:
+        assert torch.equal(dpc._cell_sums(x, cell, 40, pool), alone)
 
 
 def test_torch_search_agrees_with_faiss_flat(monkeypatch: pytest.MonkeyPatch) -> None:
