@@ -109,7 +109,7 @@ _BLOCK_ROWS = 256
 # ivf (each value chosen on benchmarks/dpc_knn.py's data and groups of 20-150 tokens in 64-256 dims):
 _SKETCH_DIM = 64          # k-means runs on a random projection to 64 dimensions: 16× cheaper at D = 1024
 _KMEANS_SAMPLE = 64       # k-means trains on 64 tokens per cell (32 cost up to 2% agreement)
-_FULL_STEPS = 2           # then Lloyd steps in full dimension: the sketch blurs small groups across cells
+_FULL_STEPS = 2           # then Lloyd steps in full dimension (the sketch blurs small groups across cells)
 _CELL_TOKENS = 128        # tokens per cell, √(N/2) above 32,768 (the means then cost what the cells do)
 _PROBE_SLACK = 0.2        # cells searched: within 20% of the token's own squared distance (see _CellSearch)
 _MIN_PROBES, _MAX_PROBES = 2, 5
@@ -495,17 +495,27 @@ class _CellSearch:
         self.sample = _recall_sample(x, norms, check, pool) if check > 1 else None
         cell = _kmeans(sketch, num_cells, gen)  # on this thread: small steps
         del sketch
-        # The cells' means in full dimension, refined by Lloyd steps there (the sketch blurs small groups
-        # across cells); each token's own cell and probes by its exact distance to them.
-        for step in range(_FULL_STEPS + 1):
-            if step == _FULL_STEPS:
-                cell = _split_large(x, cell, 2 * max(_CELL_TOKENS, math.sqrt(n / 2)), pool)
-                num_cells = int(cell.max()) + 1
-            count = torch.bincount(cell, minlength=num_cells)
-            means = _cell_sums(x, cell, num_cells, pool)[count > 0] / count[count > 0].unsqueeze(1)
-            num_cells = means.shape[0]
-            if step < _FULL_STEPS:
-                cell = _nearest(x, means, 1, pool, q_norms=norms)[1][:, 0]
+
+        def cell_means(xs: torch.Tensor, lab: torch.Tensor, num: int) -> torch.Tensor:
+            count = torch.bincount(lab, minlength=num)
+            return _cell_sums(xs, lab, num, pool)[count > 0] / count[count > 0].unsqueeze(1)
+
+        # Lloyd steps in full dimension (the sketch blurs small groups across cells): all but the last
+        # on a sample of 64 tokens per cell (the means need no more), the last on all tokens.
+        means = cell_means(x, cell, num_cells)
+        if _FULL_STEPS > 1:
+            xs = x.index_select(0, torch.randperm(n, generator=gen)[: min(n, _KMEANS_SAMPLE * num_cells)])
+            for _ in range(_FULL_STEPS - 1):
+                means = cell_means(xs, _nearest(xs, means, 1, pool)[1][:, 0], means.shape[0])
+            del xs
+        if _FULL_STEPS > 0:
+            cell = _nearest(x, means, 1, pool, q_norms=norms)[1][:, 0]
+        # cells over twice the size are halved; each token's own cell and probes by its exact distance
+        # to the means
+        cell = _split_large(x, cell, 2 * max(_CELL_TOKENS, math.sqrt(n / 2)), pool)
+        num_cells = int(cell.max()) + 1
+        means = cell_means(x, cell, num_cells)
+        num_cells = means.shape[0]
         d2, near = _nearest(x, means, min(_MAX_PROBES, num_cells), pool, q_norms=norms)
         # A token whose farthest listed cell is 1.5× as far as its own sits in a group set apart (the
         # group may span a few cells, all near): every cell within 20% of its own, at least 2. In a
@@ -549,6 +559,10 @@ class _CellSearch:
         def one(job: tuple[int, torch.Tensor]) -> None:
             c, pj = job
             mem = self.members[c]
+            if rank is not None:  # only members denser than some query matter
+                mem = mem[rank[mem] < int(rank[rows[pj // slots]].max())]
+                if mem.numel() == 0:
+                    return
             xm = x.index_select(0, mem)
             if every:  # a cell's own queries (slot 0) are its members, in order: gathered already
                 own = pj % slots == 0
