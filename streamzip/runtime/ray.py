@@ -10,6 +10,10 @@ keeps every stage's input in stream order.
   (:func:`stage_groups`), as Ray Data fuses consecutive map operators: an actor edge costs a few
   milliseconds per call on a small machine, more than a light stage's work on a packet. Encoders, and
   steps that ask for a GPU, run alone; ``fuse=False`` gives every step its own actor.
+- **Fidelity**: the chain's last actor holds the stream's fidelity meter; its call for a batch also
+  takes the encoders' outputs for that batch by reference (Ray hands them over from the object store),
+  so the tokens never pass the driver, and the meter is part of that actor's snapshot (a replay counts
+  nothing twice).
 - **Actors**: the step groups that are not encoders get one actor per stream (a stream's actors are kept
   for its runtime's next stream). **Encoders** (registry kind ``encoder``) run on a pool of
   ``encoder_pool`` actors per encoder step, shared by every stream of the run: every runtime of this
@@ -82,6 +86,8 @@ if TYPE_CHECKING:
 __all__ = ["RayRuntime", "StreamStateLost", "init_ray", "quiet_ray_logs"]
 
 _DEATH = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+#: packets a live source may queue ahead of the chain before the oldest is dropped.
+LIVE_PREFETCH = 4
 
 
 def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
@@ -233,8 +239,9 @@ class StageActor:
         ids = ", ".join(str(i) for i in self.indices)
         return StreamStateLost(f"stage(s) {ids} hold no state for stream {key!r} (their actor restarted)")
 
-    def reset(self, key: str, stream: str, input_name: str) -> bool:
-        """Fresh state for a new stream; returns whether this actor process is a restart."""
+    def reset(self, key: str, stream: str, input_name: str, meter: bool = False) -> bool:
+        """Fresh state for a new stream; returns whether this actor process is a restart. ``meter``:
+        this actor ends the chain and measures the stream's fidelity (see :meth:`push`)."""
         if self.shared:
             if not self.stages:
                 self.stages = self._build("")
@@ -245,7 +252,12 @@ class StageActor:
         else:  # one stream at a time: fresh operators, as the local runtime builds
             self.stages, self.loaded = self._build(stream), key
             self.runners.clear()
-        self.runners[key] = StageRunner(self.stages, InputResult(input=input_name, stream=stream))
+        fidelity = None
+        if meter:
+            from streamzip.operators.fidelity import FidelityMeter
+
+            fidelity = FidelityMeter()
+        self.runners[key] = StageRunner(self.stages, InputResult(input=input_name, stream=stream), meter=fidelity)
         return self.restarted
 
     def _select(self, key: str) -> StageRunner:
@@ -262,11 +274,26 @@ class StageActor:
             self.loaded = key
         return runner
 
-    def push(self, key: str, packets: list[Packet]) -> list[Packet]:
+    def push(self, key: str, packets: list[Packet], modalities: Sequence[tuple[str, ...]] = (),
+             *originals: list[Packet]) -> list[Packet]:
+        """Run a batch through the group's stages. The chain's last actor also feeds the stream's
+        fidelity meter: the outputs of the encoders upstream (``originals``, one list per entry of
+        ``modalities``, handed over by Ray from the object store), its own stages' fresh tokens, and
+        the chain's final packets: the same meter, fed the same way, as the local runtime's."""
         runner = self._select(key)
         fields = ("packets_in", "tokens_in", "tokens_out", "frames_in")
         before = [[getattr(st, f) for f in fields] for st in runner.stats]
+        meter = runner.meter
+        if meter is not None:
+            for batch, mods in zip(originals, modalities):
+                for p in batch:
+                    if isinstance(p, Tokens) and p.modality in mods and p.meta.get("kind", "tokens") == "tokens":
+                        meter.add_originals(p)
         out = [o for p in packets for o in runner.push(p)]
+        if meter is not None:
+            for o in out:
+                if is_stream_output(o):
+                    meter.add_outputs(o)  # type: ignore[arg-type]
         m = self._metric()
         for st, b in zip(runner.stats, before):
             tags = {"stage": st.step_id, "stream": runner.result.stream}
@@ -280,12 +307,15 @@ class StageActor:
         if runner is None:
             raise self._lost(key)
         states = [s.snapshot() for s in self.stages] if self.loaded == key else [self.parked[key]]
-        return {"stages": states, "stats": [st.to_dict() for st in runner.stats]}
+        # The meter goes with the cut (Ray serialises the reply now), so a replay counts nothing twice.
+        return {"stages": states, "stats": [st.to_dict() for st in runner.stats], "meter": runner.meter}
 
-    def restore(self, key: str, snap: dict[str, Any] | None, stream: str, input_name: str) -> None:
-        self.reset(key, stream, input_name)
+    def restore(self, key: str, snap: dict[str, Any] | None, stream: str, input_name: str,
+                meter: bool = False) -> None:
+        self.reset(key, stream, input_name, meter)
         runner = self.runners[key]
         if snap is not None:
+            runner.meter = snap["meter"]
             if self.shared:
                 self.parked[key] = snap["stages"][0]  # swapped in at the stream's next call
             else:
@@ -301,10 +331,14 @@ class StageActor:
                 st.restarts += 1
                 self._metric()["restarts"].inc(tags={"stage": st.step_id, "stream": stream})
 
-    def summary(self, key: str) -> dict[str, list[Any]]:
-        """The stream's counters and reports of the group's stages, after its last packet."""
+    def summary(self, key: str) -> dict[str, Any]:
+        """The stream's counters and reports of the group's stages, after its last packet; then the
+        actor forgets the stream (:meth:`release`)."""
         runner = self._select(key)
-        return {"stats": [st.to_dict() for st in runner.stats], "reports": [s.report() for s in self.stages]}
+        out = {"stats": [st.to_dict() for st in runner.stats], "reports": [s.report() for s in self.stages],
+               "fidelity": runner.meter.result()["fidelity"] if runner.meter is not None else None}
+        self.release(key)
+        return out
 
     def set_query(self, key: str, text: str | None) -> list[str]:
         """Query-guided compression: the stream's stages weight their next packets by ``text``."""
@@ -384,40 +418,6 @@ def _kill(actors: Sequence[Any]) -> None:
             pass
 
 
-@ray.remote(num_cpus=0, max_restarts=0)
-class MeterActor:
-    """Fidelity of one stream, fed actor-to-actor (the tokens never pass the driver). Calls carry the
-    packet's sequence number, so a replay after a restart is not counted twice."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        from streamzip.operators.fidelity import FidelityMeter
-
-        self.meter = FidelityMeter()
-        self.seen: set[tuple[str, int]] = set()
-
-    def originals(self, seq: int, key: str, packets: list[Packet], modalities: tuple[str, ...]) -> None:
-        if (key, seq) in self.seen:
-            return
-        self.seen.add((key, seq))
-        for p in packets:
-            if isinstance(p, Tokens) and p.modality in modalities and p.meta.get("kind", "tokens") == "tokens":
-                self.meter.add_originals(p)
-
-    def outputs(self, seq: int, packets: list[Packet]) -> None:
-        if ("out", seq) in self.seen:
-            return
-        self.seen.add(("out", seq))
-        for p in packets:
-            if is_stream_output(p):
-                self.meter.add_outputs(p)  # type: ignore[arg-type]
-
-    def result(self) -> float | None:
-        return self.meter.result()["fidelity"]  # type: ignore[no-any-return]
-
-
 _DRIVER_METRICS: dict[str, Any] = {}
 
 
@@ -475,11 +475,11 @@ class _StreamActors:
     """The actors one stream has to itself (every group of steps but the pooled encoders), and its
     fidelity meter."""
 
-    def __init__(self, actors: dict[int, Any], meter: Any, generation: int) -> None:
-        self.actors, self.meter, self.generation = actors, meter, generation
+    def __init__(self, actors: dict[int, Any], generation: int) -> None:
+        self.actors, self.generation = actors, generation
 
     def all(self) -> list[Any]:
-        return [*self.actors.values(), *([self.meter] if self.meter is not None else [])]
+        return list(self.actors.values())
 
 
 class RayRuntime:
@@ -493,7 +493,8 @@ class RayRuntime:
         address: a Ray cluster to join; None starts Ray embedded on this machine.
         progress: called after each batch of source packets with the input's :class:`InputResult` so far.
         max_inflight: batches of source packets allowed between the source and the last stage
-            (backpressure).
+            (backpressure). Small on purpose: while the chain is busy, the source's packets queue up
+            in the prefetch queue (``prefetch_depth``) and go on as one batch, fewer actor calls.
         live_inflight: the same bound for live sources, kept short so that latency stays bounded.
         snapshot_every: batches between consistent snapshots of the chain (the replay window).
         restart_timeout_s: how long to wait for a dead actor to come back before giving up.
@@ -503,6 +504,8 @@ class RayRuntime:
             encoder is the bottleneck (e.g. one per GPU, or one per few busy cameras). 0: no pool, an
             encoder actor per stream like the other steps (for an encoder whose ``state_dict`` is not
             complete, which sharing needs as fault recovery does).
+        prefetch_depth: source packets decoded ahead of the chain (a live source: at most
+            :data:`LIVE_PREFETCH`, then the oldest media packet is dropped).
         batch_packets: source packets sent down the chain in one call at most: a call takes every
             packet the source has ready, up to this many (a live source's packets go on as they come).
         fuse: run consecutive light steps of a stream in one actor (:func:`stage_groups`); False:
@@ -514,9 +517,9 @@ class RayRuntime:
     name = "ray"
 
     def __init__(self, *, address: str | None = None, progress: Callable[[InputResult], None] | None = None,
-                 max_inflight: int = 16, live_inflight: int = 2, snapshot_every: int = 8,
+                 max_inflight: int = 4, live_inflight: int = 2, snapshot_every: int = 8,
                  restart_timeout_s: float = 60.0, encoder_pool: int = 1,
-                 prefetch_depth: int = 4, num_cpus: int | None = None, fuse: bool = True,
+                 prefetch_depth: int = 16, num_cpus: int | None = None, fuse: bool = True,
                  batch_packets: int = 8,
                  on_packet: Callable[[int, list[Any]], None] | None = None) -> None:
         if max_inflight < 1 or snapshot_every < 1 or batch_packets < 1:
@@ -615,9 +618,7 @@ class RayRuntime:
                     opts, threads = self._options(g, scale)
                     actors[g] = StageActor.options(**opts).remote(  # type: ignore[attr-defined]
                         self._spec, self._fns, steps, threads)
-            # One fidelity meter per stream, reset per input (an actor start costs a second or two).
-            meter = MeterActor.remote() if self._keep_assignment else None  # type: ignore[attr-defined]
-            mine = _StreamActors(actors, meter, self._generation)
+            mine = _StreamActors(actors, self._generation)
             self._made.append(mine)
             self._busy += 1
             # Wait until they are placed, so the next stream's share is computed from what is left.
@@ -641,7 +642,7 @@ class RayRuntime:
         requests stand (the autoscaler adds nodes)."""
         if self.address:
             return 1.0
-        # What is free now (other streams' chains may hold some), with room for the meter actor.
+        # What is free now (other streams' chains may hold some), with a little headroom.
         have = max(0.02, float(ray.available_resources().get("CPU", 0.0)) - 0.05)
         return min(1.0, have / wanted) if wanted > 0 else 1.0
 
@@ -712,7 +713,7 @@ class RayRuntime:
         mine, pools = self._checkout()
         pinned = {g: pool.assign() for g, pool in pools.items()}
         actors = [pinned[g] if g in pinned else mine.actors[g] for g in range(len(self._groups))]
-        chain = _Chain(self, actors, self._groups, mine.meter, result, pipeline)
+        chain = _Chain(self, actors, self._groups, result, pipeline)
         per_step = [actors[g] for g, steps in enumerate(self._groups) for _ in steps]
         self._running.add(chain)
         t_start = time.perf_counter()
@@ -720,7 +721,9 @@ class RayRuntime:
         def on_drop(_: Packet) -> None:
             _driver_metrics()["drops"].inc(tags={"stream": result.stream})
 
-        feed = Prefetch(lambda: source, depth=self.prefetch_depth, drop_oldest=live, on_drop=on_drop)
+        # A live source's queue stays short: what waits there is latency, and the oldest is dropped.
+        depth = min(self.prefetch_depth, LIVE_PREFETCH) if live else self.prefetch_depth
+        feed = Prefetch(lambda: source, depth=depth, drop_oldest=live, on_drop=on_drop)
         # Packets between actors are never dropped: a live source keeps that queue short, so that
         # the backlog builds up in the prefetch queue, where the oldest media is dropped.
         limit = min(self.max_inflight, self.live_inflight) if live else self.max_inflight
@@ -755,11 +758,12 @@ class RayRuntime:
 class _Chain:
     """The packets of one stream in flight through the actors, with snapshots and replay."""
 
-    def __init__(self, rt: RayRuntime, actors: list[Any], groups: list[list[int]], meter: Any,
-                 result: InputResult, pipeline: Pipeline) -> None:
+    def __init__(self, rt: RayRuntime, actors: list[Any], groups: list[list[int]], result: InputResult,
+                 pipeline: Pipeline) -> None:
         from streamzip.registry import get as get_stage
 
-        self.rt, self.actors, self.meter, self.result = rt, actors, meter, result
+        self.rt, self.actors, self.result = rt, actors, result
+        self.metered = pipeline.keep_assignment  # the last actor measures fidelity
         # The stream's name in the actors: unique, since pool actors serve several streams at once
         # and two inputs may share a file name.
         self.key = f"{result.stream}#{uuid.uuid4().hex[:12]}"
@@ -777,11 +781,12 @@ class _Chain:
         self.replay: deque[tuple[int, Any]] = deque()  # source packets after the committed cut
         self.cuts: deque[tuple[int, list[Any]]] = deque()  # pending snapshot cuts (seq, refs)
         self.committed: tuple[int, list[Any]] | None = None
+        self.released = False  # the actors forgot the stream (its summary is in)
 
     def reset(self) -> None:
-        refs = [a.reset.remote(self.key, self.result.stream, self.result.input) for a in self.actors]
-        if self.meter is not None:
-            refs.append(self.meter.reset.remote())
+        last = len(self.actors) - 1
+        refs = [a.reset.remote(self.key, self.result.stream, self.result.input, self.metered and i == last)
+                for i, a in enumerate(self.actors)]
         try:
             ray.get(refs, timeout=self.rt.restart_timeout_s * 2)
         except ray.exceptions.GetTimeoutError as err:
@@ -801,12 +806,15 @@ class _Chain:
 
     def _send(self, seq: int, ref: Any) -> None:
         r = ref
+        originals: list[Any] = []  # the upstream encoders' outputs, for the last actor's meter
+        last = len(self.actors) - 1
         for i, a in enumerate(self.actors):
-            r = a.push.remote(self.key, r)
-            if self.meter is not None and self.produces[i]:
-                self.meter.originals.remote(seq, str(i), r, self.produces[i])
-        if self.meter is not None:
-            self.meter.outputs.remote(seq, r)
+            if i == last and self.metered and originals:
+                r = a.push.remote(self.key, r, [m for m in self.produces[:last] if m], *originals)
+            else:
+                r = a.push.remote(self.key, r)
+            if self.produces[i] and i < last:
+                originals.append(r)
         self.inflight.append((seq, r))
         depth = len(self.inflight)
         self.result.max_queue_depth = max(self.result.max_queue_depth, depth)
@@ -881,8 +889,9 @@ class _Chain:
                                            fix="check the Ray logs for why the worker keeps dying") from err
                     time.sleep(0.2)
         snap_refs = self.committed[1] if self.committed is not None else [None] * len(self.actors)
-        ray.get([a.restore.remote(self.key, s, self.result.stream, self.result.input)
-                 for a, s in zip(self.actors, snap_refs)])
+        last = len(self.actors) - 1
+        ray.get([a.restore.remote(self.key, s, self.result.stream, self.result.input, self.metered and i == last)
+                 for i, (a, s) in enumerate(zip(self.actors, snap_refs))])
         self.inflight.clear()
         self.cuts.clear()
         # Live queries set after the cut are not in the restored state: each goes in again right before
@@ -914,18 +923,17 @@ class _Chain:
 
     def _collect(self) -> None:
         summaries = ray.get([a.summary.remote(self.key) for a in self.actors])
+        self.released = True
         self.result.stages = [StageStats(**s) for group in summaries for s in group["stats"]]
         self.result.tokens_in = sum(s.tokens_out for s, p in zip(self.result.stages, self.step_produces) if p)
         reports = [r for group in summaries for r in group["reports"]]
         self.result.reports = {st.step_id: r for st, r in zip(self.result.stages, reports) if r}
-        if self.meter is not None:
-            try:
-                self.result.fidelity = ray.get(self.meter.result.remote())
-            except ray.exceptions.RayError:
-                self.result.fidelity = None  # the meter is best effort: it never fails a run
+        self.result.fidelity = summaries[-1]["fidelity"]
 
     def close(self) -> None:
-        """Let the actors forget the stream (pool actors outlive it)."""
+        """Let the actors forget the stream (pool actors outlive it), unless the summary did."""
+        if self.released:
+            return
         for a in self.actors:
             try:
                 a.release.remote(self.key)

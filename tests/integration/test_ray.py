@@ -80,7 +80,8 @@ def test_light_steps_share_an_actor_and_encoders_run_alone() -> None:
                          ids=["encoder", "fused-tail", "unfused-tail", "webrtc-vad"])
 def test_a_killed_stage_restarts_and_the_run_ends_identical(victim, fuse, clip) -> None:  # type: ignore[no-untyped-def]
     pipe = load_pipeline("default")  # webrtc VAD included: its state is restored exactly too
-    local = tokens_of(LocalRuntime().run(pipe, [clip.path]))
+    lrt = LocalRuntime()
+    local = tokens_of(lrt.run(pipe, [clip.path]))
     killed: list[int] = []
 
     def kill(seq, actors):  # type: ignore[no-untyped-def]
@@ -98,6 +99,9 @@ def test_a_killed_stage_restarts_and_the_run_ends_identical(victim, fuse, clip) 
     group = next(g for g in stage_groups(pipe, fuse=fuse) if range(len(pipe.steps))[victim] in g)
     assert [st.restarts for st in rt.results[0].stages] == [int(i in group) for i in range(len(pipe.steps))]
     assert_same(local, remote)
+    # The fidelity meter (in the last actor, part of its snapshots) counted every token once.
+    assert rt.results[0].fidelity == pytest.approx(lrt.results[0].fidelity, abs=1e-6)
+    assert rt.results[0].tokens_in == lrt.results[0].tokens_in
 
 
 def test_a_file_source_waits_for_the_slowest_stage(clip) -> None:  # type: ignore[no-untyped-def]
