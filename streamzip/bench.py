@@ -368,9 +368,12 @@ def _ray(d: dict[str, Any]) -> list[str]:
            f"**{ratio:.2f}×** the local throughput (goal {d.get('goal', '-')}{_goal_check(d.get('goal'), ratio)}); "
            f"an actor edge costs **{_num(d.get('edge_overhead_ms_per_packet'))} ms** per packet "
            f"({_num(ray.get('actors_per_stream'))} actors per stream).", "",
-           *_table(["runtime", "median s", "media s per wall s"],
-                   [["local", _num(loc["median_s"]), _num(loc.get("media_s_per_s"), 1)],
-                    ["ray", _num(ray["median_s"]), _num(ray.get("media_s_per_s"), 1)]])]
+           *_table(["runtime", "actors per stream", "median s", "media s per wall s"],
+                   [["local", "-", _num(loc["median_s"]), _num(loc.get("media_s_per_s"), 1)],
+                    ["ray", _num(ray.get("actors_per_stream")), _num(ray["median_s"]), _num(ray.get("media_s_per_s"), 1)],
+                    *([["ray, an actor per step", _num(d["ray_unfused"].get("actors_per_stream")),
+                        _num(d["ray_unfused"]["median_s"]), _num(d["ray_unfused"].get("media_s_per_s"), 1)]]
+                      if d.get("ray_unfused") else [])])]
     par = d.get("parallel_streams_media_s_per_s") or {}
     if par:
         one = par.get("1")

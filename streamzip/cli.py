@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-i", "--input", action="append", required=True, help="an input file (repeat for several)")
     r.add_argument("-o", "--output", help="output folder (one sub-folder per input)")
     r.add_argument("--runtime", default="ray", choices=["local", "ray"],
-                   help="ray (default): each stage a Ray actor, Ray embedded unless --address; local: in-process")
+                   help="ray (default): stages as Ray actors, Ray embedded unless --address; local: in-process")
     r.add_argument("--address", help="a Ray cluster to join (host:port, ray://host:10001 or auto)")
     r.add_argument("--encoder-pool", type=int, metavar="N",
                    help="ray runtime: actors per encoder step, shared by every stream (default 1; "

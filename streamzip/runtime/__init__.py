@@ -1,7 +1,7 @@
 """Runtimes run a :class:`~streamzip.pipeline.Pipeline` over inputs.
 
 - ``local``: in-process; the reference semantics.
-- ``ray``: each stage an actor (:mod:`streamzip.runtime.ray`, the only module that imports Ray).
+- ``ray``: stages as Ray actors (:mod:`streamzip.runtime.ray`, the only module that imports Ray).
 """
 
 from __future__ import annotations

@@ -483,7 +483,7 @@ class _StreamActors:
 
 
 class RayRuntime:
-    """Runs each stage of a stream as a Ray actor; encoders on a pool shared by streams.
+    """Runs the stages of a stream as Ray actors (light ones fused); encoders on a pool shared by streams.
 
     Several streams may run at once, each :meth:`run_source` (or :meth:`run_input`) call from its own
     thread: each stream gets its own actors for the steps that are not encoders (kept for the
