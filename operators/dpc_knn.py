@@ -538,7 +538,8 @@ class _CellSearch:
         Cell by cell: the queries that search a cell against its members, one matrix product; each
         (query, probe) pair has its own slot for that cell's ``width`` nearest, and one top-k over a
         query's slots merges them (so the result does not depend on the threads)."""
-        x, norms = self.x, self.norms
+        x = self.x
+        norms = self.norms if _blas() is None else None  # FAISS computes them with the product
         every = rows is None
         if rows is None:
             rows = torch.arange(x.shape[0])
@@ -570,11 +571,13 @@ class _CellSearch:
                 m = mem.numel()
                 q = torch.cat([mem, rows[pj[m:] // slots]])
                 d2 = torch.empty(q.numel(), m)
-                _sqdist(xm, xm, norms[mem], norms[mem], out=d2[:m])
-                _sqdist(x.index_select(0, q[m:]), xm, norms[q[m:]], norms[mem], out=d2[m:])
+                nm = None if norms is None else norms[mem]
+                _sqdist(xm, xm, nm, nm, out=d2[:m])
+                _sqdist(x.index_select(0, q[m:]), xm, None if norms is None else norms[q[m:]], nm, out=d2[m:])
             else:
                 q = rows[pj // slots]
-                d2 = _sqdist(x.index_select(0, q), xm, norms[q], norms[mem])
+                d2 = _sqdist(x.index_select(0, q), xm, None if norms is None else norms[q],
+                             None if norms is None else norms[mem])
             if rank is not None:
                 d2 = d2.masked_fill(rank[mem].unsqueeze(0) >= rank[q].unsqueeze(1), math.inf)
             w = min(width, mem.numel())
