@@ -386,7 +386,8 @@ def _closest(a: torch.Tensor, means: torch.Tensor, pool: ThreadPoolExecutor | No
 
     def block(s: int) -> torch.Tensor:
         ab = a[s:s + 4096]
-        if faiss is not None and ab.shape[0] * ab.shape[1] >= faiss.cvar.distance_compute_blas_threshold:
+        if (faiss is not None and means.shape[0] >= 16
+                and ab.shape[0] * ab.shape[1] >= faiss.cvar.distance_compute_blas_threshold):
             return torch.from_numpy(faiss.knn(ab.numpy(), means.numpy(), 1)[1][:, 0])
         return (mn - 2.0 * (ab @ means.T)).argmin(1)
 
@@ -426,11 +427,37 @@ def _kmeans(s: torch.Tensor, num_cells: int, gen: torch.Generator, iters: int = 
     return _closest(s, means, pool)
 
 
-def _split_large(x: torch.Tensor, cell: torch.Tensor, cap: float,
-                 pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
+def _lloyd_step(x: torch.Tensor, means: torch.Tensor, size: int,
+                pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
+    """One Lloyd step of ``means (C, D)`` on a sample of about ``size`` tokens: blocks of 128 rows
+    spread evenly over ``x`` (views: no copy), in 8 groups side by side on the pool. A mean with no
+    token keeps its value."""
+    n = x.shape[0]
+    stride = max(128, 128 * n // max(1, size))
+    starts = list(range(0, n, stride))
+    groups = [starts[g::8] for g in range(min(8, len(starts)))]
+
+    def part(group: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        sums = torch.zeros_like(means)
+        count = torch.zeros(means.shape[0], dtype=torch.int64)
+        for a in group:
+            xb = x[a:a + 128]
+            lab = _closest(xb, means)
+            sums.index_add_(0, lab, xb)
+            count += torch.bincount(lab, minlength=means.shape[0])
+        return sums, count
+
+    parts = list(_map(pool, part, groups))
+    sums = torch.stack([p[0] for p in parts]).sum(0)
+    count = torch.stack([p[1] for p in parts]).sum(0).unsqueeze(1)
+    return torch.where(count > 0, sums / count.clamp(min=1), means)
+
+
+def _split_large(x: torch.Tensor, cell: torch.Tensor, cap: float) -> torch.Tensor:
     """Cut every cell of more than ``cap`` tokens in two by 2-means (in full dimension), until none is
-    left: k-means grows hub cells, and a search costs the sum over cells of queries × members. The
-    cells of a round are cut side by side on the pool, each with its own random generator."""
+    left: k-means grows hub cells, and a search costs the sum over cells of queries × members. Cells
+    are cut in rounds, each with its own random generator (on this thread: the pool's overhead
+    outweighs these small cuts)."""
     cell = torch.unique(cell, return_inverse=True)[1]  # ids 0..C-1
     next_id = int(cell.max()) + 1
     todo = [c for c, m in enumerate(torch.bincount(cell).tolist()) if m > cap]
@@ -443,7 +470,7 @@ def _split_large(x: torch.Tensor, cell: torch.Tensor, cap: float,
             mem = by_cell[a:b]
             return mem, _kmeans(x.index_select(0, mem), 2, torch.Generator().manual_seed(c), iters=5)
 
-        halves = list(_map(pool, halve, zip(todo, bounds)))
+        halves = list(map(halve, zip(todo, bounds)))
         todo = []
         for mem, lab in halves:
             if int(lab.min()) == int(lab.max()):  # identical tokens: nothing to cut
@@ -503,16 +530,13 @@ class _CellSearch:
         # Lloyd steps in full dimension (the sketch blurs small groups across cells): all but the last
         # on a sample of 64 tokens per cell (the means need no more), the last on all tokens.
         means = cell_means(x, cell, num_cells)
-        if _FULL_STEPS > 1:
-            xs = x.index_select(0, torch.randperm(n, generator=gen)[: min(n, _KMEANS_SAMPLE * num_cells)])
-            for _ in range(_FULL_STEPS - 1):
-                means = cell_means(xs, _nearest(xs, means, 1, pool)[1][:, 0], means.shape[0])
-            del xs
+        for _ in range(_FULL_STEPS - 1):
+            means = _lloyd_step(x, means, _KMEANS_SAMPLE * num_cells, pool)
         if _FULL_STEPS > 0:
             cell = _nearest(x, means, 1, pool, q_norms=norms)[1][:, 0]
         # cells over twice the size are halved; each token's own cell and probes by its exact distance
         # to the means
-        cell = _split_large(x, cell, 2 * max(_CELL_TOKENS, math.sqrt(n / 2)), pool)
+        cell = _split_large(x, cell, 2 * max(_CELL_TOKENS, math.sqrt(n / 2)))
         num_cells = int(cell.max()) + 1
         means = cell_means(x, cell, num_cells)
         num_cells = means.shape[0]
@@ -643,20 +667,22 @@ def _with_reverse(d2: torch.Tensor, ids: torch.Tensor, offers: int = 8) -> tuple
 def _recall_sample(x: torch.Tensor, norms: torch.Tensor, k: int,
                    pool: ThreadPoolExecutor | None) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
     """The exact ``k`` nearest squared distances of :data:`_RECALL_SAMPLES` random tokens, started now
-    on the pool's threads (the cells' serial k-means runs meanwhile): a call returns ``rows, d2``."""
+    on one of the pool's threads (the cells' serial k-means runs meanwhile on this one): a call returns
+    ``rows, d2``."""
     rows = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:_RECALL_SAMPLES]
     q = x.index_select(0, rows)
-    step = 64  # two blocks for the two usual threads; fewer rows run slower
 
-    def block(s: int) -> torch.Tensor:
-        return torch.topk(_sqdist(q[s:s + step], x, norms[rows[s:s + step]], norms), k, dim=1,
-                          largest=False).values.clamp(min=0)
+    def search() -> torch.Tensor:  # all samples at once: x is read once
+        faiss = _blas()
+        if faiss is not None:
+            return torch.from_numpy(faiss.knn(q.numpy(), x.numpy(), k)[0]).clamp(min=0)
+        return _nearest(q, x, k, None, q_norms=norms[rows], base_norms=norms)[0]
 
     if pool is None:
-        parts = [block(s) for s in range(0, rows.numel(), step)]
-        return lambda: (rows, torch.cat(parts))
-    futures = [pool.submit(block, s) for s in range(0, rows.numel(), step)]
-    return lambda: (rows, torch.cat([f.result() for f in futures]))
+        d2 = search()
+        return lambda: (rows, d2)
+    future = pool.submit(search)
+    return lambda: (rows, future.result())
 
 
 def _sampled_recall(norms: torch.Tensor, dist2: torch.Tensor, k: int,
