@@ -468,7 +468,7 @@ def _split_large(x: torch.Tensor, cell: torch.Tensor, cap: float) -> torch.Tenso
         def halve(job: tuple[int, list[int]], by_cell: torch.Tensor = by_cell) -> tuple[torch.Tensor, torch.Tensor]:
             c, (a, b) = job
             mem = by_cell[a:b]
-            return mem, _kmeans(x.index_select(0, mem), 2, torch.Generator().manual_seed(c), iters=5)
+            return mem, _kmeans(x.index_select(0, mem), 2, torch.Generator().manual_seed(c), iters=3)
 
         halves = list(map(halve, zip(todo, bounds)))
         todo = []
@@ -578,6 +578,8 @@ class _CellSearch:
         chunk = x.shape[0] if every else 1024
         jobs = [(c, pair[s:min(b, s + chunk)]) for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))
                 for s in range(a, b, chunk)]
+        # the largest products first, so that the threads finish together (any order gives the same lists)
+        jobs.sort(key=lambda job: -job[1].numel() * self.members[job[0]].numel())
         best = torch.full((rows.numel() * slots, width), math.inf)
         ids = torch.full((rows.numel() * slots, width), -1, dtype=torch.int32)
 
@@ -620,10 +622,16 @@ class _CellSearch:
 
         for _ in _map(self.pool, one, jobs):
             pass
-        best, j = torch.topk(best.view(rows.numel(), slots * width), width, dim=1, largest=False)
-        found = ids.view(rows.numel(), slots * width).gather(1, j).to(torch.int64)
-        found[torch.isinf(best)] = -1
-        return best.clamp(min=0), found
+        best, ids = best.view(rows.numel(), slots * width), ids.view(rows.numel(), slots * width)
+
+        def merge(s: int) -> tuple[torch.Tensor, torch.Tensor]:
+            d2, j = torch.topk(best[s:s + 4096], width, dim=1, largest=False)
+            found = ids[s:s + 4096].gather(1, j).to(torch.int64)
+            found[torch.isinf(d2)] = -1
+            return d2.clamp(min=0), found
+
+        out = list(_map(self.pool, merge, range(0, rows.numel(), 4096)))
+        return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
     def knn(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         d2, ids = self._search(None, k, None)
