@@ -720,15 +720,16 @@ def _sampled_recall(norms: torch.Tensor, dist2: torch.Tensor, k: int,
     return float((found[:, 1:] <= exact[:, 1:] + tol[:, 1:]).float().mean())
 
 
-def _exact_centres(x: torch.Tensor, norms: torch.Tensor, density: torch.Tensor, delta2: torch.Tensor,
+def _exact_centres(x: torch.Tensor, norms: torch.Tensor, scale: torch.Tensor, delta2: torch.Tensor,
                    rank: torch.Tensor, order: torch.Tensor, num_clusters: int,
                    pool: ThreadPoolExecutor | None) -> None:
     """Make δ exact (in place in ``delta2``) for every token whose score could reach the top
-    ``num_clusters``. ``delta2`` holds each token's squared distance to some denser token (inf: none
-    found), so ρ·δ from it bounds the score from above: tokens are made exact in decreasing order of
-    that bound until the ``num_clusters``-th exact score beats every bound left."""
+    ``num_clusters``, the score being ``scale`` (ρ, times the query weight when there is one) times δ.
+    ``delta2`` holds each token's squared distance to some denser token (inf: none found), so the score
+    from it is an upper bound: tokens are made exact in decreasing order of that bound until the
+    ``num_clusters``-th exact score beats every bound left."""
     n, dim = x.shape
-    bound = torch.where(torch.isinf(delta2), math.inf, density * torch.sqrt(delta2 / dim))
+    bound = torch.where(torch.isinf(delta2), math.inf, scale * torch.sqrt(delta2 / dim))
     queue = torch.sort(bound, descending=True, stable=True).indices
     done = torch.zeros(n, dtype=torch.bool)
     done[order[0]] = True  # the densest token's δ is exact already
@@ -743,7 +744,7 @@ def _exact_centres(x: torch.Tensor, norms: torch.Tensor, density: torch.Tensor, 
         pos += step
         if pos >= n:
             break
-        score = torch.where(done, density * torch.sqrt(delta2 / dim), -math.inf)
+        score = torch.where(done, scale * torch.sqrt(delta2 / dim), -math.inf)
         if float(torch.topk(score, num_clusters).values[-1]) > float(bound[queue[pos]]):
             break
         step = max(64, num_clusters // 4)
@@ -801,7 +802,9 @@ def _plan(x: torch.Tensor, num_clusters: int, k: int, neighbours: int, index: st
     far2 = norms + (x[top] * x[top]).sum() - 2.0 * (x @ x[top])
     delta2[top] = far2.max().clamp(min=0)
     if not search.exact:
-        _exact_centres(x, norms, density, delta2, rank, order, num_clusters, pool)
+        # the centre score, weighted when asked: its bounds pick the tokens whose δ is made exact
+        scale = density if weight is None else density * weight.to(density.device, torch.float32)
+        _exact_centres(x, norms, scale, delta2, rank, order, num_clusters, pool)
     delta = torch.sqrt(delta2 / dim).to(torch.float32)
 
     score = density * delta

@@ -140,6 +140,20 @@ def test_ivf_cells_agree_with_the_quadratic_reference(n: int, d: int, groups: in
     assert torch.allclose(plan.delta[both], flat.delta[both], rtol=1e-4)
 
 
+def test_ivf_centres_have_an_exact_delta_under_query_weights() -> None:
+    # weights favouring sparse tokens reorder the centre scores: the δ made exact must be those of the
+    # weighted top scores (exact given the plan's own ρ)
+    x = clustered(5000, 256, 250, seed=21)
+    w = dpc.query_weights(-plan_clusters(x, 100, 5, index="flat").density.log())
+    plan = plan_clusters(x, 100, 5, index="ivf", weight=w)
+    order = torch.sort(plan.density, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    centres = plan.centers[plan.centers != order[0]]  # the densest: its farthest token
+    exact = torch.sqrt(brute_denser(x, centres, rank) / x.shape[1]).float()
+    assert torch.allclose(plan.delta[centres], exact, rtol=1e-4)
+
+
 def test_auto_is_exact_below_the_threshold_and_checked_cells_above(monkeypatch: pytest.MonkeyPatch) -> None:
     x = clustered(3000, 48, 24, seed=11)
     exact = plan_clusters(x, 60, 5, index="flat")
