@@ -585,7 +585,8 @@ class _CellSearch:
         cells = probe.reshape(-1)
         pair = torch.arange(cells.numel())[cells >= 0]  # query * slots + slot
         cells = cells[pair]
-        by_cell = torch.argsort(cells, stable=True)
+        # by cell, and in a cell its own queries (slot 0) first, each part in query order
+        by_cell = torch.argsort(cells * 2 + (pair % slots > 0), stable=True)
         pair, cells = pair[by_cell], cells[by_cell]
         bounds = torch.searchsorted(cells, torch.arange(len(self.members) + 1)).tolist()
         chunk = x.shape[0] if every else 1024
@@ -604,9 +605,7 @@ class _CellSearch:
                 if mem.numel() == 0:
                     return
             xm = x.index_select(0, mem)
-            if every:  # a cell's own queries (slot 0) are its members, in order: gathered already
-                own = pj % slots == 0
-                pj = torch.cat([pj[own], pj[~own]])
+            if every:  # a cell's own queries come first: its members, in order, gathered already
                 m = mem.numel()
                 q = torch.cat([mem, rows[pj[m:] // slots]])
                 d2 = torch.empty(q.numel(), m)
