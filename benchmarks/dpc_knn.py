@@ -13,11 +13,13 @@
 
 Goals: >= 10x faster than the reference at N = 16384 with >= 99% of tokens on the same centre; N = 262144
 finishes with peak RSS < 4 GB. The reference's cost is one N²·D matrix product (BLAS on all cores), which
-``flat`` repeats on one core (so exact search is no faster); ``ivf``/``auto`` compute about a tenth of
-its products (cells, exact inside) and reach about 7x (2 cores): what is left goes to many small
-products, selections and merges. The machine's load average is recorded: other work on the cores slows
-both sides, so ratios within one run are what count. Run: ``python benchmarks/dpc_knn.py`` (3 minutes on
-2 quiet cores, more under load). The same comparison on a CUDA GPU: ``benchmarks/gpu_dpc_knn.py``.
+``flat`` repeats on one core (so exact search is no faster); ``ivf``/``auto`` compute about a thirteenth
+of its products (the means, the cells, exact inside, the recall check, the exact δ of the likely
+centres, the nearest centre) on FAISS's BLAS, one thread per product; what is left goes to the serial
+k-means steps, gathers of rows, selections and merges. The machine's load average is recorded: other
+work on the cores slows both sides (the reference's 2-thread product more), so ratios within one run
+are what count. Run: ``python benchmarks/dpc_knn.py`` (3 minutes on 2 quiet cores, more under load).
+The same comparison on a CUDA GPU: ``benchmarks/gpu_dpc_knn.py``.
 """
 
 from __future__ import annotations

@@ -17,30 +17,35 @@ Where we differ from the reference, and why:
 
   - ``flat``: exact brute force, ``faiss.knn`` (O(N²·D) time). Without FAISS installed, the same search
     runs as blocked torch matrix products.
-  - ``ivf``: cells. k-means on a 64-dimensional random projection of the tokens (a sketch, cheap), then
-    two Lloyd steps in full dimension (the sketch blurs small groups), cut the tokens into cells of
-    about 128 (√(N/2) above 32,768; cells over twice that are halved by 2-means, as k-means grows hub
-    cells). Each token searches its own cell and the cells whose means are nearly as near: within 20%
-    of its own squared distance (at least 2 cells, at most 5) when its farthest listed cell is 1.5×
-    as far (its group stands apart), within 10% in a crowd of similar cells. Within those cells the
-    distances are exact (one matrix product per cell, cells side by side on all cores), and each list
-    is merged with its reverse (j found i, so i gets j: a cell cut can hide one from the other). So ρ
-    is exact whenever a token's k nearest neighbours lie in its cells, which holds when tokens form
-    groups larger than k (near-duplicates across frames, objects). The nearest denser token found
-    there bounds δ from above, so δ is then made exact (a search over all denser tokens) for tokens in
-    decreasing order of the bound ρ·δ until the K-th exact score beats every bound left: given ρ, the
-    centres are exact, and so is the nearest-centre assignment. At N = 16,384, D = 1,024 it runs
-    7.1–7.7× faster than the O(N²) reference on 2 cores, every token on the same centre, on the
-    benchmark's hard and easy data (``benchmarks/dpc_knn.py``; the 10× asked of it is not reached: the
-    reference is one large matrix product on all cores, the cells many small ones); 262,144 tokens take
-    25 s and 2.7 GB peak RSS. With groups of about k tokens or fewer (4,096 tokens in 1,024 blobs) a
-    tenth of the tokens lose a neighbour, and 12% of the assignment differs: ``auto`` searches exactly.
+  - ``ivf``: cells. k-means on a 64-dimensional random projection of the tokens (a sketch, cheap; in
+    bfloat16 where the CPU multiplies it natively), then two Lloyd steps in full dimension (the sketch
+    blurs small groups; the first on 64 tokens per cell, blocks of rows spread over the window), cut
+    the tokens into cells of about 128 (√(N/2) above 32,768; cells over twice that are halved by
+    2-means, as k-means grows hub cells). Each token searches its own cell and the cells whose means
+    are nearly as near: within 20% of its own squared distance (at least 2 cells, at most 5) when its
+    farthest listed cell is 1.5× as far (its group stands apart), within 10% in a crowd of similar
+    cells. Within those cells the distances are exact (per cell, one product of its members with
+    themselves and one with the other cells' tokens that search it; cells side by side on all cores,
+    largest first), and each list is merged with its reverse (j found i, so i gets j: a cell cut can
+    hide one from the other). So ρ is exact whenever a token's k nearest neighbours lie in its cells,
+    which holds when tokens form groups larger than k (near-duplicates across frames, objects). The
+    nearest denser token found there bounds δ from above, so δ is then made exact (a search over all
+    denser tokens) for tokens in decreasing order of the bound ρ·δ until the K-th exact score beats
+    every bound left: given ρ, the centres are exact (with query weights: those of the weighted
+    scores), and so is the nearest-centre assignment. At N = 16,384, D = 1,024 it runs 11.5–12× faster
+    than the O(N²) reference on 2 cores, every token on the same centre, on the benchmark's hard and
+    easy data (``benchmarks/dpc_knn.py``); 262,144 tokens take 16 s and 2.8 GB peak RSS. With groups of
+    about k tokens or fewer (4,096 tokens in 1,024 blobs) some tokens lose a neighbour, and 3% of the
+    assignment differs: ``auto`` searches exactly.
   - ``auto`` (default): ``flat`` below :data:`AUTO_MIN_TOKENS` (8,192) tokens, so small windows get the
     exact, bit-identical result; above, ``ivf``, checked: the exact k nearest neighbours of 128 sampled
-    tokens are searched and, if the cells found fewer than 98% of them (no local structure: groups
-    smaller than k, noise), the exact search runs instead (the result is then ``flat``'s).
+    tokens are searched (on one thread while another builds the cells) and, if the cells found fewer
+    than 98% of them (no local structure: groups smaller than k, noise), the exact search runs instead
+    (the result is then ``flat``'s).
   - ``hnsw``: a FAISS HNSW graph (approximate).
 
+  On the CPU the distances are products on FAISS's BLAS where FAISS is installed (its OpenBLAS runs
+  them 1.2–1.6× faster than torch's MKL on the benchmark's AMD CPU), with the norms in the same pass.
   On a CUDA device (tokens there, or ``device: cuda`` / ``auto`` with a GPU) the search is always exact,
   blocked torch matrix products and top-k on the GPU (blocks of queries, never an N×N matrix), and
   ``index`` is ignored: brute force there outruns any index at window sizes.
@@ -388,8 +393,9 @@ class _TorchSearch:
         return _nearest(self.x, self.x.index_select(0, centers), 1, self.pool, q_norms=self.norms)[1][:, 0]
 
 
-def _closest(a: torch.Tensor, means: torch.Tensor, pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
-    """Each row's nearest mean, ``(A,)``, by blocks of 4096 rows (side by side on the pool)."""
+def _closest(a: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """Each row's nearest mean, ``(A,)``, by blocks of 4096 rows (on this thread: the work is small and
+    k-means runs it often; FAISS's product where there are enough means, torch's for a cut in two)."""
     faiss = _blas() if a.device.type == "cpu" else None
     a, means = a.contiguous(), means.contiguous()
     mn = means.square().sum(1)
@@ -401,7 +407,7 @@ def _closest(a: torch.Tensor, means: torch.Tensor, pool: ThreadPoolExecutor | No
             return torch.from_numpy(faiss.knn(ab.numpy(), means.numpy(), 1)[1][:, 0])
         return (mn - 2.0 * (ab @ means.T)).argmin(1)
 
-    return torch.cat(list(_map(pool, block, range(0, a.shape[0], 4096))))
+    return torch.cat([block(s) for s in range(0, a.shape[0], 4096)])
 
 
 def _cell_sums(x: torch.Tensor, cell: torch.Tensor, num_cells: int,
@@ -420,8 +426,7 @@ def _cell_sums(x: torch.Tensor, cell: torch.Tensor, num_cells: int,
     return sums
 
 
-def _kmeans(s: torch.Tensor, num_cells: int, gen: torch.Generator, iters: int = 10,
-            pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
+def _kmeans(s: torch.Tensor, num_cells: int, gen: torch.Generator, iters: int = 10) -> torch.Tensor:
     """Lloyd's k-means of ``s (N, d)`` on a sample of 64 points per cell; ``(N,)`` each point's cell."""
     sample = s.index_select(0, torch.randperm(s.shape[0], generator=gen)[: min(s.shape[0], _KMEANS_SAMPLE * num_cells)])
     if num_cells == 2:  # a cut in two: seeded by a far pair (a random pair often lies in one group)
@@ -430,11 +435,11 @@ def _kmeans(s: torch.Tensor, num_cells: int, gen: torch.Generator, iters: int = 
     else:  # the sample is in random order: its first points seed the cells
         means = sample[:num_cells].clone()
     for _ in range(iters):
-        lab = _closest(sample, means, pool)
+        lab = _closest(sample, means)
         count = torch.bincount(lab, minlength=num_cells).unsqueeze(1)
         sums = torch.zeros_like(means).index_add_(0, lab, sample)
         means = torch.where(count > 0, sums / count.clamp(min=1), means)  # an empty cell keeps its mean
-    return _closest(s, means, pool)
+    return _closest(s, means)
 
 
 def _lloyd_step(x: torch.Tensor, means: torch.Tensor, size: int,
@@ -519,7 +524,7 @@ class _CellSearch:
     def __init__(self, x: torch.Tensor, norms: torch.Tensor, pool: ThreadPoolExecutor | None, *,
                  check: int = 0) -> None:
         """``check``: for ``index: auto``, the k of the recall check (:func:`_sampled_recall`), whose
-        exact search then runs on the pool during the sketch's k-means; 0: none."""
+        exact search then runs on one of the pool's threads during the k-means; 0: none."""
         n, dim = x.shape
         self.x, self.norms, self.pool = x, norms, pool
         gen = torch.Generator().manual_seed(0)
@@ -995,7 +1000,7 @@ class DPCKNNConfig(Config):
     # 1/4 (PruneVid's segment ratio): Chat-UniVi's 1/16 would give one event per short window.
     event_ratio: float = 0.25
     # "auto": exact ("flat") below 8,192 tokens, so smaller windows give exact, unchanged results; above,
-    # "ivf" (cells on a sketch, exact distances inside: 7x faster than the O(N²) form at 16k tokens, same
+    # "ivf" (cells on a sketch, exact distances inside: 12x faster than the O(N²) form at 16k tokens, same
     # clusters, in benchmarks/dpc_knn.py), checked on sampled tokens and exact when the check fails.
     # "flat": always exact. "ivf": the cells unchecked. "hnsw": an approximate FAISS graph. On CUDA the
     # search is exact whatever this says.
