@@ -524,7 +524,7 @@ class _CellSearch:
     def __init__(self, x: torch.Tensor, norms: torch.Tensor, pool: ThreadPoolExecutor | None, *,
                  check: int = 0) -> None:
         """``check``: for ``index: auto``, the k of the recall check (:func:`_sampled_recall`), whose
-        exact search then runs on one of the pool's threads during the k-means; 0: none."""
+        exact search then runs on one of the pool's threads during the k-means and the cuts; 0: none."""
         n, dim = x.shape
         self.x, self.norms, self.pool = x, norms, pool
         gen = torch.Generator().manual_seed(0)
@@ -537,7 +537,9 @@ class _CellSearch:
             sketch = torch.cat(list(_map(pool, lambda s: (x[s:s + 4096].to(low) @ pl).float(), range(0, n, 4096))))
         else:
             sketch = x
-        self.sample = _recall_sample(x, norms, check, pool) if check > 1 else None
+        self.sample = _RecallSample(x, norms, check, pool) if check > 1 else None
+        if self.sample is not None:
+            self.sample.start()
         cell = _kmeans(sketch, num_cells, gen)  # on this thread: small steps
         del sketch
 
@@ -554,6 +556,8 @@ class _CellSearch:
             cell = _nearest(x, means, 1, pool, q_norms=norms)[1][:, 0]
         # cells over twice the size are halved; each token's own cell and probes by its exact distance
         # to the means
+        if self.sample is not None:
+            self.sample.start()
         cell = _split_large(x, cell, 2 * max(_CELL_TOKENS, math.sqrt(n / 2)))
         num_cells = int(cell.max()) + 1
         means = cell_means(x, cell, num_cells)
@@ -689,35 +693,47 @@ def _with_reverse(d2: torch.Tensor, ids: torch.Tensor, offers: int = 8) -> tuple
     return d2, torch.cat([ids, offer_i], 1).gather(1, j)
 
 
-def _recall_sample(x: torch.Tensor, norms: torch.Tensor, k: int,
-                   pool: ThreadPoolExecutor | None) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
-    """The exact ``k`` nearest squared distances of :data:`_RECALL_SAMPLES` random tokens, started now
-    on one of the pool's threads (the cells' serial k-means runs meanwhile on this one): a call returns
-    ``rows, d2``."""
-    rows = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:_RECALL_SAMPLES]
-    q = x.index_select(0, rows)
+class _RecallSample:
+    """The exact ``k`` nearest squared distances of :data:`_RECALL_SAMPLES` random tokens (the recall
+    check of ``index: auto``), searched in two halves of the tokens, each on one of the pool's threads
+    while this one runs a serial step of the cells (:meth:`start`; all samples at once, so each token
+    is read once). :meth:`result`: ``rows, d2 (S, k)``."""
 
-    def search() -> torch.Tensor:  # all samples at once: x is read once
+    def __init__(self, x: torch.Tensor, norms: torch.Tensor, k: int, pool: ThreadPoolExecutor | None) -> None:
+        self.x, self.norms, self.k, self.pool = x, norms, k, pool
+        self.rows = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:_RECALL_SAMPLES]
+        self.q = x.index_select(0, self.rows)
+        half = x.shape[0] // 2
+        self.todo = [(0, half), (half, x.shape[0])]
+        self.parts: list[Any] = []
+
+    def _search(self, span: tuple[int, int]) -> torch.Tensor:
+        a, b = span
         faiss = _blas()
         if faiss is not None:
-            return torch.from_numpy(faiss.knn(q.numpy(), x.numpy(), k)[0]).clamp(min=0)
-        return _nearest(q, x, k, None, q_norms=norms[rows], base_norms=norms)[0]
+            return torch.from_numpy(faiss.knn(self.q.numpy(), self.x[a:b].numpy(), min(self.k, b - a))[0])
+        return _nearest(self.q, self.x[a:b], min(self.k, b - a), None, q_norms=self.norms[self.rows],
+                        base_norms=self.norms[a:b])[0]
 
-    if pool is None:
-        d2 = search()
-        return lambda: (rows, d2)
-    future = pool.submit(search)
-    return lambda: (rows, future.result())
+    def start(self) -> None:
+        """Start the next half (at once, on this thread, without a pool)."""
+        if self.todo:
+            span = self.todo.pop(0)
+            self.parts.append(self._search(span) if self.pool is None else self.pool.submit(self._search, span))
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        while self.todo:
+            self.start()
+        d2 = torch.cat([p if isinstance(p, torch.Tensor) else p.result() for p in self.parts], 1)
+        return self.rows, torch.topk(d2, self.k, dim=1, largest=False).values.clamp(min=0)
 
 
-def _sampled_recall(norms: torch.Tensor, dist2: torch.Tensor, k: int,
-                    sample: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """The share of the exact k-1 nearest neighbours (self aside) of the sampled tokens
-    (:func:`_recall_sample`) that ``dist2`` (a search's sorted lists) holds, compared by distance (ties
-    are no misses)."""
+def _sampled_recall(norms: torch.Tensor, dist2: torch.Tensor, k: int, sample: _RecallSample) -> float:
+    """The share of the exact k-1 nearest neighbours (self aside) of the sampled tokens that ``dist2``
+    (a search's sorted lists) holds, compared by distance (ties are no misses)."""
     if k < 2:
         return 1.0
-    rows, exact = sample()
+    rows, exact = sample.result()
     found = dist2[rows, :k]
     # the two sides compute the same distance in different blocks: allow their rounding
     tol = 1e-4 * exact + 1e-5 * norms[rows].unsqueeze(1)
