@@ -634,12 +634,13 @@ class _CellSearch:
                 v, j = _smallest(d2, w)
             else:
                 v, j = d2, torch.arange(w).expand(q.numel(), w)
+            found = mem.to(torch.int32).index_select(0, j.reshape(-1)).view(j.shape)
             if w == width:
                 best.index_copy_(0, pj, v)
-                ids.index_copy_(0, pj, mem.to(torch.int32)[j])
+                ids.index_copy_(0, pj, found)
             else:
                 best[pj, :w] = v
-                ids[pj, :w] = mem.to(torch.int32)[j]
+                ids[pj, :w] = found
 
         for _ in _map(self.pool, one, jobs):
             pass
