@@ -211,9 +211,9 @@ def _sqdist(a: torch.Tensor, b: torch.Tensor, a_norms: torch.Tensor | None = Non
     (contiguous) when given."""
     faiss = _blas() if a.device.type == "cpu" else None
     if faiss is not None and a.shape[0] and b.shape[0]:
-        an, bn = a.numpy(), b.numpy()
-        res = np.empty((an.shape[0], bn.shape[0]), dtype=np.float32) if out is None else out.numpy()
-        faiss.pairwise_L2sqr(an.shape[1], an.shape[0], faiss.swig_ptr(an), bn.shape[0], faiss.swig_ptr(bn),
+        xa, xb = a.numpy(), b.numpy()
+        res = np.empty((xa.shape[0], xb.shape[0]), dtype=np.float32) if out is None else out.numpy()
+        faiss.pairwise_L2sqr(xa.shape[1], xa.shape[0], faiss.swig_ptr(xa), xb.shape[0], faiss.swig_ptr(xb),
                              faiss.swig_ptr(res))
         return torch.from_numpy(res) if out is None else out
     an = a.square().sum(1) if a_norms is None else a_norms
