@@ -32,11 +32,11 @@ Where we differ from the reference, and why:
     nearest denser token found there bounds δ from above, so δ is then made exact (a search over all
     denser tokens) for tokens in decreasing order of the bound ρ·δ until the K-th exact score beats
     every bound left: given ρ, the centres are exact (with query weights: those of the weighted
-    scores), and so is the nearest-centre assignment. At N = 16,384, D = 1,024 it runs 11.5–12× faster
+    scores), and so is the nearest-centre assignment. At N = 16,384, D = 1,024 it runs 11–12.5× faster
     than the O(N²) reference on 2 cores, every token on the same centre, on the benchmark's hard and
-    easy data (``benchmarks/dpc_knn.py``); 262,144 tokens take 16 s and 2.8 GB peak RSS. With groups of
-    about k tokens or fewer (4,096 tokens in 1,024 blobs) some tokens lose a neighbour, and 3% of the
-    assignment differs: ``auto`` searches exactly.
+    easy data (``benchmarks/dpc_knn.py``); 262,144 tokens take 16–18 s and 2.9 GB peak RSS. With
+    groups of about k tokens or fewer (4,096 tokens in 1,024 blobs) some tokens lose a neighbour, and
+    3% of the assignment differs: ``auto`` searches exactly.
   - ``auto`` (default): ``flat`` below :data:`AUTO_MIN_TOKENS` (8,192) tokens, so small windows get the
     exact, bit-identical result; above, ``ivf``, checked: the exact k nearest neighbours of 128 sampled
     tokens are searched (on one thread while another builds the cells) and, if the cells found fewer
@@ -1017,7 +1017,7 @@ class DPCKNNConfig(Config):
     # 1/4 (PruneVid's segment ratio): Chat-UniVi's 1/16 would give one event per short window.
     event_ratio: float = 0.25
     # "auto": exact ("flat") below 8,192 tokens, so smaller windows give exact, unchanged results; above,
-    # "ivf" (cells on a sketch, exact distances inside: 12x faster than the O(N²) form at 16k tokens, same
+    # "ivf" (cells on a sketch, exact distances inside: 11x faster than the O(N²) form at 16k tokens, same
     # clusters, in benchmarks/dpc_knn.py), checked on sampled tokens and exact when the check fails.
     # "flat": always exact. "ivf": the cells unchecked. "hnsw": an approximate FAISS graph. On CUDA the
     # search is exact whatever this says.
