@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--pipeline", default="default")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--longer-seconds", type=float, default=60,
+                    help="the local/Ray ratio again on 2 files this long (a run's fixed costs amortised)")
     ap.add_argument("--long-seconds", type=float, help="the long file cut into segments (default: 3x the files)")
     ap.add_argument("--segment-s", type=float, help="segment length (default: a quarter of the long file)")
     args = ap.parse_args()
@@ -128,6 +130,16 @@ def main() -> None:
             1 for r in ray_rt.results)  # source packets incl. End
         stages = len(pipe.steps)
         local_med, ray_med, unfused_med = (statistics.median(t) for t in (local_t, ray_t, unfused_t))
+        # The same on longer files: what a stream pays once (actors reset, the chain filled and drained)
+        # weighs less.
+        half_long = args.longer_seconds / 2
+        longer = [make_clip(Path(tmp) / f"g{i}.mp4", scenes=(("static", half_long), ("motion", half_long)),
+                            width=480, height=270, seed=50 + i).path for i in range(2)]
+        longer_local, longer_ray = [], []
+        for _ in range(args.repeats):
+            longer_local.append(run_all(LocalRuntime(), pipe, longer)[0])
+            ray_rt.results.clear()
+            longer_ray.append(run_all(ray_rt, pipe, longer)[0])
         # One light pipeline isolates the edge cost: per packet per stage, Ray minus local.
         light = load_pipeline("patch_only")
         lt = statistics.median(run_all(LocalRuntime(), light, files)[0] for _ in range(args.repeats))
@@ -164,6 +176,9 @@ def main() -> None:
                             "actors_per_stream": stages},
             "ratio_ray_to_local": local_med / ray_med,
             "ratio_ray_unfused_to_local": local_med / unfused_med,
+            "longer_files": {"files": 2, "seconds_each": args.longer_seconds, "local_runs_s": longer_local,
+                             "ray_runs_s": longer_ray,
+                             "ratio_ray_to_local": statistics.median(longer_local) / statistics.median(longer_ray)},
             "edge_overhead_ms_per_packet": edge_ms,
             "parallel_streams_media_s_per_s": {k: v["media_s_per_s"] for k, v in par.items()},
             "parallel_streams_stage_actors": {k: v["stage_actors"] for k, v in par.items()},

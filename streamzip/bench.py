@@ -374,6 +374,10 @@ def _ray(d: dict[str, Any]) -> list[str]:
                     *([["ray, an actor per step", _num(d["ray_unfused"].get("actors_per_stream")),
                         _num(d["ray_unfused"]["median_s"]), _num(d["ray_unfused"].get("media_s_per_s"), 1)]]
                       if d.get("ray_unfused") else [])])]
+    longer = d.get("longer_files")
+    if longer:
+        out += ["", f"On {_num(longer.get('files'))} files of {_num(longer.get('seconds_each'), 0)} s (what a stream pays "
+                    f"once weighs less): Ray at **{longer['ratio_ray_to_local']:.2f}×** local."]
     par = d.get("parallel_streams_media_s_per_s") or {}
     if par:
         one = par.get("1")
