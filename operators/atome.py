@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from streamzip.config import Config
-from streamzip.devices import check_device, resolve_device, tokens_on
+from streamzip.devices import OnDevice, check_device, tokens_on
 from streamzip.errors import TokenError
 from streamzip.operator import Operator
 from streamzip.packets import AUDIO, Packet, Tokens
@@ -265,7 +265,7 @@ class ATomeConfig(Config):
 
 
 @register("atome")
-class ATome(Operator):
+class ATome(OnDevice, Operator):
     """A-ToMe: merge adjacent similar audio tokens (by threshold, ratio or budget), in time order."""
 
     config_class = ATomeConfig
@@ -277,14 +277,6 @@ class ATome(Operator):
         self._held: Tokens | None = None  # the trailing run (run mode)
         self._windows = WindowBuffer(self.config.window_s)  # window mode
         self._dim: int | None = None
-        self._device: torch.device | None = None
-
-    @property
-    def device(self) -> torch.device:
-        """Where cuts and plans compute: ``config.device`` resolved on first use (an error names this step)."""
-        if self._device is None:
-            self._device = resolve_device(self.config.device, field=f"{self.step_id}.device")
-        return self._device
 
     # -- the stream ---------------------------------------------------------------------------
     def process(self, packet: Packet) -> list[Packet]:

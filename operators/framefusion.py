@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 from streamzip.config import Config
-from streamzip.devices import check_device, resolve_device, tokens_on
+from streamzip.devices import OnDevice, check_device, tokens_on
 from streamzip.errors import TokenError
 from streamzip.operator import Operator
 from streamzip.packets import VIDEO, Packet, Tokens
@@ -274,7 +274,7 @@ class FrameFusionConfig(Config):
 
 
 @register("framefusion")
-class FrameFusion(Operator):
+class FrameFusion(OnDevice, Operator):
     """Merge video tokens into the same-position token of the previous frame (FrameFusion)."""
 
     config_class = FrameFusionConfig
@@ -294,14 +294,6 @@ class FrameFusion(Operator):
         self._emitted_upto = 0                 # chains anchored before this index were emitted
         self._dim: int | None = None
         self._last_t0 = -math.inf
-        self._device: torch.device | None = None
-
-    @property
-    def device(self) -> torch.device:
-        """Where the plans compute: ``config.device`` resolved on first use (an error names this step)."""
-        if self._device is None:
-            self._device = resolve_device(self.config.device, field=f"{self.step_id}.device")
-        return self._device
 
     # -- modes --------------------------------------------------------------------------------
     @property

@@ -62,7 +62,7 @@ from typing import Any
 import torch
 
 from streamzip.config import Config
-from streamzip.devices import check_device, resolve_device, tokens_on
+from streamzip.devices import OnDevice, check_device, tokens_on
 from streamzip.errors import SnapshotError, TokenError
 from streamzip.operator import Operator
 from streamzip.operators.window import plan_adjacent_merges
@@ -172,7 +172,7 @@ class _Slots:
 
 
 @register("memory")
-class TokenMemory(Operator):
+class TokenMemory(OnDevice, Operator):
     """Token Turing Machine memory of at most M tokens (training-free write, read of r tokens)."""
 
     config_class = MemoryConfig
@@ -184,14 +184,6 @@ class TokenMemory(Operator):
         self._segment = 0
         self._spans: list[list[float]] = []
         self._after_gap = False
-        self._device: torch.device | None = None
-
-    @property
-    def device(self) -> torch.device:
-        """Where the plans compute: ``config.device`` resolved on first use (an error names this step)."""
-        if self._device is None:
-            self._device = resolve_device(self.config.device, field=f"{self.step_id}.device")
-        return self._device
 
     def takes(self, packet: Packet) -> bool:
         # Memory and read views (ours or another memory's) pass through.

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from streamzip.config import Config
-from streamzip.devices import check_device, resolve_device, tokens_on
+from streamzip.devices import OnDevice, check_device, tokens_on
 from streamzip.errors import SnapshotError
 from streamzip.operator import Operator
 from streamzip.operators.atome import greedy_disjoint
@@ -339,7 +339,7 @@ class _Lane:
 
 
 @register("window")
-class Window(Operator):
+class Window(OnDevice, Operator):
     """Cut the stream into windows of at most a token budget per modality (empty windows included)."""
 
     config_class = WindowConfig
@@ -352,14 +352,6 @@ class Window(Operator):
         self._clock_start: int | None = None
         # The last window index any modality has had a token in.
         self._clock_last: int | None = None
-        self._device: torch.device | None = None
-
-    @property
-    def device(self) -> torch.device:
-        """Where merge plans compute: ``config.device`` resolved on first use (an error names this step)."""
-        if self._device is None:
-            self._device = resolve_device(self.config.device, field=f"{self.step_id}.device")
-        return self._device
 
     def takes(self, packet: Packet) -> bool:
         # Memory views re-present tokens already windowed; pass them on untouched.

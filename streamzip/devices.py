@@ -9,12 +9,14 @@ applies the plan to the packet on the CPU.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from streamzip.errors import ConfigError, Problem
 from streamzip.packets import Tokens
 
-__all__ = ["DEVICES", "DTYPES", "check_device", "resolve_device", "resolve_dtype", "tokens_on"]
+__all__ = ["DEVICES", "DTYPES", "OnDevice", "check_device", "resolve_device", "resolve_dtype", "tokens_on"]
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -68,3 +70,19 @@ def tokens_on(tokens: Tokens, device: torch.device) -> Tokens:
                   t0=tokens.t0.to(device), t1=tokens.t1.to(device), pos=tokens.pos.to(device),
                   size=tokens.size.to(device), score=None if tokens.score is None else tokens.score.to(device),
                   meta=dict(tokens.meta))
+
+
+class OnDevice:
+    """Mix-in of the operators with a ``device`` option (``config.device``): :attr:`device`, resolved on
+    first use, so that a missing GPU is an error naming the step when the stage first computes."""
+
+    config: Any
+    step_id: str
+    _device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the stage computes: ``config.device`` resolved (an error names this step)."""
+        if self._device is None:
+            self._device = resolve_device(self.config.device, field=f"{self.step_id}.device")
+        return self._device
