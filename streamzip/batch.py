@@ -97,18 +97,23 @@ def process_input(spec: dict[str, Any], path: str, name: str, output_dir: str, *
     try:
         packets = [p for p in LocalRuntime(prefetch_depth=2).run_input(pipeline, path, result)
                    if isinstance(p, Tokens)]
-        manifest = {"input": result.input, "stream": result.stream, "pipeline": spec, "runtime": "batch",
-                    "summary": result.to_dict()}
-        folder = write_output(output_dir, name, packets, manifest=manifest,
-                              keep_assignment=pipeline.keep_assignment)
-        if parquet:
-            write_parquet(folder, packets)
-        result.output = str(folder)
+        _write(result, output_dir, name, packets, pipeline, spec, parquet=parquet)
     except StreamzipError as err:
         _fail(result, type(err).__name__, str(err), err.stage)
     except Exception as err:  # noqa: BLE001 - a bug must not cost the other inputs
         _fail(result, type(err).__name__, f"{err} — {traceback.format_exc(limit=3)}", None)
     return result.to_dict()
+
+
+def _write(result: InputResult, output_dir: str, name: str, packets: list[Tokens], pipeline: Pipeline,
+           spec: dict[str, Any], *, parquet: bool, **extra: Any) -> None:
+    """Write one input's output folder (``extra``: more manifest fields) and note it in ``result``."""
+    manifest = {"input": result.input, "stream": result.stream, "pipeline": spec, "runtime": "batch",
+                "summary": result.to_dict(), **extra}
+    folder = write_output(output_dir, name, packets, manifest=manifest, keep_assignment=pipeline.keep_assignment)
+    if parquet:
+        write_parquet(folder, packets)
+    result.output = str(folder)
 
 
 def _fail(result: InputResult, kind: str, message: str, stage: str | None) -> None:
@@ -345,13 +350,8 @@ def _stitch(pipeline: Pipeline, spec: dict[str, Any], item: _SegmentedInput, out
             for st in part.stages:
                 for modality in get_stage(st.op).cls.produces:
                     offsets[modality] = offsets.get(modality, 0) + st.tokens_out
-        manifest = {"input": result.input, "stream": result.stream, "pipeline": spec, "runtime": "batch",
-                    "summary": result.to_dict(), "segment_s": item.length_s, "segments": segments}
-        folder = write_output(output_dir, item.name, packets, manifest=manifest,
-                              keep_assignment=pipeline.keep_assignment)
-        if parquet:
-            write_parquet(folder, packets)
-        result.output = str(folder)
+        _write(result, output_dir, item.name, packets, pipeline, spec, parquet=parquet,
+               segment_s=item.length_s, segments=segments)
     except StreamzipError as err:
         _fail(result, type(err).__name__, str(err), err.stage)
         return result

@@ -763,13 +763,15 @@ class _Chain:
         from streamzip.registry import get as get_stage
 
         self.rt, self.actors, self.result = rt, actors, result
-        self.metered = pipeline.keep_assignment  # the last actor measures fidelity
+        # The last actor measures fidelity, fed the upstream encoders' outputs (their modalities, in order).
+        self.meters = [pipeline.keep_assignment and a == len(actors) - 1 for a in range(len(actors))]
         # The stream's name in the actors: unique, since pool actors serve several streams at once
         # and two inputs may share a file name.
         self.key = f"{result.stream}#{uuid.uuid4().hex[:12]}"
         self.step_produces = [tuple(get_stage(step.op).cls.produces) for step in pipeline.steps]
         # What each actor's output holds fresh from an encoder (only a group's last step produces).
         self.produces = [self.step_produces[g[-1]] for g in groups]
+        self.upstream = [m for m in self.produces[:-1] if m]
         takes_query = [get_stage(step.op).cls.accepts_query for step in pipeline.steps]
         self.query_steps = [a for a, g in enumerate(groups) if any(takes_query[i] for i in g)]
         self.query_step_ids = [step.id for step, q in zip(pipeline.steps, takes_query) if q]
@@ -784,9 +786,8 @@ class _Chain:
         self.released = False  # the actors forgot the stream (its summary is in)
 
     def reset(self) -> None:
-        last = len(self.actors) - 1
-        refs = [a.reset.remote(self.key, self.result.stream, self.result.input, self.metered and i == last)
-                for i, a in enumerate(self.actors)]
+        refs = [a.reset.remote(self.key, self.result.stream, self.result.input, m)
+                for a, m in zip(self.actors, self.meters)]
         try:
             ray.get(refs, timeout=self.rt.restart_timeout_s * 2)
         except ray.exceptions.GetTimeoutError as err:
@@ -807,13 +808,12 @@ class _Chain:
     def _send(self, seq: int, ref: Any) -> None:
         r = ref
         originals: list[Any] = []  # the upstream encoders' outputs, for the last actor's meter
-        last = len(self.actors) - 1
         for i, a in enumerate(self.actors):
-            if i == last and self.metered and originals:
-                r = a.push.remote(self.key, r, [m for m in self.produces[:last] if m], *originals)
+            if self.meters[i] and originals:
+                r = a.push.remote(self.key, r, self.upstream, *originals)
             else:
                 r = a.push.remote(self.key, r)
-            if self.produces[i] and i < last:
+            if self.produces[i]:
                 originals.append(r)
         self.inflight.append((seq, r))
         depth = len(self.inflight)
@@ -889,9 +889,8 @@ class _Chain:
                                            fix="check the Ray logs for why the worker keeps dying") from err
                     time.sleep(0.2)
         snap_refs = self.committed[1] if self.committed is not None else [None] * len(self.actors)
-        last = len(self.actors) - 1
-        ray.get([a.restore.remote(self.key, s, self.result.stream, self.result.input, self.metered and i == last)
-                 for i, (a, s) in enumerate(zip(self.actors, snap_refs))])
+        ray.get([a.restore.remote(self.key, s, self.result.stream, self.result.input, m)
+                 for a, s, m in zip(self.actors, snap_refs, self.meters)])
         self.inflight.clear()
         self.cuts.clear()
         # Live queries set after the cut are not in the restored state: each goes in again right before

@@ -11,37 +11,15 @@ import textwrap
 import pytest
 import ray
 import torch
+from _ray_helpers import assert_same, ray_started, tokens_of  # noqa: F401 - ray_started: the module's fixture
 
 from streamzip.batch import run_batch
 from streamzip.errors import BackendError, OutputError
 from streamzip.output import load
-from streamzip.packets import Tokens
 from streamzip.pipeline import Pipeline, load_pipeline
 from streamzip.pipelines import builtin_names
 from streamzip.runtime.local import LocalRuntime
-from streamzip.runtime.ray import RayRuntime, _check_reachable, init_ray, stage_groups
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_started():  # type: ignore[no-untyped-def]
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
-def tokens_of(packets) -> list[Tokens]:  # type: ignore[no-untyped-def]
-    return [p for p in packets if isinstance(p, Tokens)]
-
-
-def assert_same(a: list[Tokens], b: list[Tokens]) -> None:
-    assert len(a) == len(b) and a, "no tokens, or a different number of packets"
-    for x, y in zip(a, b):
-        assert x.modality == y.modality and x.meta == y.meta
-        for key in ("data", "t0", "t1", "pos", "size", "src", "assignment"):
-            vx, vy = getattr(x, key), getattr(y, key)
-            assert (vx is None) == (vy is None), key
-            if vx is not None:
-                assert torch.equal(vx, vy), key
+from streamzip.runtime.ray import RayRuntime, _check_reachable, stage_groups
 
 
 @pytest.mark.parametrize("name", builtin_names())

@@ -9,12 +9,14 @@ import pytest
 import ray
 import ray._private.state
 import torch
+from _ray_helpers import assert_same as same
+from _ray_helpers import ray_started, tokens_of  # noqa: F401 - ray_started: the module's fixture
 
 from streamzip.packets import Tokens
 from streamzip.pipeline import Pipeline, load_pipeline
 from streamzip.runtime import ray as ray_runtime
 from streamzip.runtime.local import LocalRuntime
-from streamzip.runtime.ray import RayRuntime, init_ray
+from streamzip.runtime.ray import RayRuntime
 from streamzip.stats import InputResult
 
 # Both encoders (video and audio, the fbank one carrying samples from packet to packet) pooled, and
@@ -32,26 +34,8 @@ POOLED = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_started():  # type: ignore[no-untyped-def]
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
-def tokens_of(packets) -> list[Tokens]:  # type: ignore[no-untyped-def]
-    return [p for p in packets if isinstance(p, Tokens)]
-
-
 def assert_same(a: list[Tokens], b: list[Tokens]) -> None:
-    assert len(a) == len(b) and a, "no tokens, or a different number of packets"
-    for x, y in zip(a, b):
-        assert x.stream == y.stream and x.modality == y.modality and x.meta == y.meta
-        for key in ("data", "t0", "t1", "pos", "size", "src", "assignment"):
-            vx, vy = getattr(x, key), getattr(y, key)
-            assert (vx is None) == (vy is None), key
-            if vx is not None:
-                assert torch.equal(vx, vy), key
+    same(a, b, same_stream=True)
 
 
 def local(pipe: Pipeline, path: str) -> list[Tokens]:

@@ -1,0 +1,35 @@
+"""What the Ray runtime's test modules share: Ray started once per module, and token comparison."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+import torch
+
+from streamzip.packets import Tokens
+from streamzip.runtime.ray import init_ray
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_started():  # type: ignore[no-untyped-def]
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def tokens_of(packets) -> list[Tokens]:  # type: ignore[no-untyped-def]
+    return [p for p in packets if isinstance(p, Tokens)]
+
+
+def assert_same(a: list[Tokens], b: list[Tokens], *, same_stream: bool = False) -> None:
+    """Identical token packets (``same_stream``: their stream names too)."""
+    assert len(a) == len(b) and a, "no tokens, or a different number of packets"
+    for x, y in zip(a, b):
+        assert x.modality == y.modality and x.meta == y.meta
+        if same_stream:
+            assert x.stream == y.stream
+        for key in ("data", "t0", "t1", "pos", "size", "src", "assignment"):
+            vx, vy = getattr(x, key), getattr(y, key)
+            assert (vx is None) == (vy is None), key
+            if vx is not None:
+                assert torch.equal(vx, vy), key
