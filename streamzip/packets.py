@@ -10,13 +10,22 @@ A packet is one of:
 
 Everything a packet carries is a tensor or a plain value, so it pickles cheaply for Ray and
 round-trips through safetensors + JSON without pickle. Times are seconds of media (``*_s``).
+
+Pickling (Ray's object store, a process pool): a packet's CPU tensors travel as NumPy arrays, which
+pickle protocol 5 hands over out of band, so Ray writes them into its store with one copy and reads
+them back without one. Torch's own pickling of a tensor goes through ``torch.save`` of its storage:
+measured 8x slower to put into Ray's store and 9x slower to get (a 1568 x 768 float32 batch of video
+tokens: 18.5 ms vs 2.3 ms, 1.4 ms vs 0.15 ms). Unpickled arrays that are read-only (Ray's store
+is shared by every reader of the object, a replay included) are copied, so stages may still write
+into their packets.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 
 from streamzip.errors import TokenError
@@ -25,6 +34,35 @@ __all__ = ["AudioChunk", "End", "Gap", "Packet", "Tokens", "VideoFrames", "VIDEO
 
 VIDEO = "video"
 AUDIO = "audio"
+
+# torch dtypes NumPy holds as they are (bfloat16 has no NumPy twin: such a tensor pickles as torch's)
+_NUMPY_DTYPES = frozenset({torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16,
+                           torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128})
+
+
+def _to_wire(value: Any) -> tuple[bool, Any]:
+    """(whether it became an array, what to pickle) for one field of a packet."""
+    if (isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.dtype in _NUMPY_DTYPES
+            and not value.requires_grad and value.layout == torch.strided):
+        return True, value.contiguous().numpy()
+    return False, value
+
+
+def _from_wire(cls: type, arrays: tuple[str, ...], values: dict[str, Any]) -> Any:
+    """Rebuild a packet pickled by :func:`_reduce_packet`."""
+    for name in arrays:
+        arr = values[name]
+        values[name] = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    return cls(**values)
+
+
+def _reduce_packet(self: Any) -> tuple[Any, ...]:
+    values, arrays = {}, []
+    for f in fields(self):
+        wired, values[f.name] = _to_wire(getattr(self, f.name))
+        if wired:
+            arrays.append(f.name)
+    return _from_wire, (type(self), tuple(arrays), values)
 
 
 @dataclass
@@ -43,6 +81,8 @@ class VideoFrames:
     pts_s: torch.Tensor
     duration_s: float
     modality: str = VIDEO
+
+    __reduce__ = _reduce_packet
 
     @property
     def num_frames(self) -> int:
@@ -73,6 +113,8 @@ class AudioChunk:
     sample_rate_hz: int
     start_s: float
     modality: str = AUDIO
+
+    __reduce__ = _reduce_packet
 
     @property
     def num_samples(self) -> int:
@@ -135,6 +177,8 @@ class Tokens:
     assignment: torch.Tensor | None = None
     score: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    __reduce__ = _reduce_packet
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
