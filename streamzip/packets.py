@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import numpy as np
 import torch
 
 from streamzip.errors import TokenError

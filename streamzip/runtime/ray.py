@@ -26,6 +26,14 @@ keeps every stage's input in stream order.
   fbank encoder's carried samples…), and encoders need no change: sharing relies on an encoder's
   ``state_dict`` being complete, which fault recovery already requires (``encoder_pool=0`` gives
   every stream its own encoder actor instead).
+- **Big packets skip the actors that do not take them**: a packet holding more than
+  :data:`STORE_BYTES` of tensors (a batch of frames, a batch of video tokens) travels as its own
+  object in Ray's store, and the batch carries a :class:`_Stored` handle with its type and modality.
+  An actor fetches a handle only when one of its stages may take such a packet (the stages' declared
+  ``accepts`` and ``modalities``) and passes the others on as handles, so the audio actors never
+  deserialise and store again the video tokens that pass them (measured: that pass-through was about
+  a third of the CPU of a 10 s file on 2 cores). Whatever is still a handle after the last actor the
+  driver fetches. Each actor still sees every packet in stream order; only the bytes skip it.
 - **Backpressure**: at most ``max_inflight`` batches are between the source and the last stage; a
   file source then waits (nothing is lost).
 - **Snapshots**: every ``snapshot_every`` batches the driver queues a ``snapshot`` call on every actor
@@ -59,14 +67,16 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.exceptions
+import torch
 
 from streamzip._prefetch import Prefetch
 from streamzip.errors import BackendError, StreamzipError
-from streamzip.packets import Packet, Tokens
+from streamzip.packets import AudioChunk, Packet, Tokens, VideoFrames
 from streamzip.runtime.local import (
     Source,
     StageRunner,
@@ -86,6 +96,9 @@ if TYPE_CHECKING:
 __all__ = ["RayRuntime", "StreamStateLost", "init_ray", "quiet_ray_logs"]
 
 _DEATH = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+#: a packet whose tensors hold at least this many bytes leaves a batch for its own object in Ray's
+#: store while it passes actors that do not take it (smaller ones ride inline: a handle costs more).
+STORE_BYTES = 256 * 1024
 #: packets a live source may queue ahead of the chain before the oldest is dropped.
 LIVE_PREFETCH = 4
 
@@ -174,12 +187,55 @@ class StreamStateLost(RuntimeError):
     restarted for another stream's sake), so the stream must restore its chain from its last cut."""
 
 
+# A stored packet put by an actor that died since is gone with it: the chain replays, as for the death.
+_GONE = (*_DEATH, StreamStateLost, ray.exceptions.ObjectLostError)
+
+
 def _lost(err: BaseException) -> bool:
     """Whether a failed call means an actor lost the stream's state (it died, or it restarted)."""
-    if isinstance(err, (*_DEATH, StreamStateLost)):
+    if isinstance(err, _GONE):
         return True
-    return isinstance(err, ray.exceptions.RayTaskError) and isinstance(
-        getattr(err, "cause", None), (*_DEATH, StreamStateLost))
+    return isinstance(err, ray.exceptions.RayTaskError) and isinstance(getattr(err, "cause", None), _GONE)
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A big packet left in Ray's object store (see the module notes): its header, and its object."""
+
+    kind: type
+    modality: str | None
+    ref: Any
+
+
+def _store(packet: Any) -> Any:
+    """``packet`` as a :class:`_Stored` handle when its tensors are big, else as it is."""
+    if not isinstance(packet, (VideoFrames, AudioChunk, Tokens)):
+        return packet
+    size = sum(v.nbytes for v in vars(packet).values() if isinstance(v, torch.Tensor))
+    if size < STORE_BYTES:
+        return packet
+    return _Stored(type(packet), packet.modality, ray.put(packet))
+
+
+def _fetch(items: Sequence[Any], wanted: Callable[[_Stored], bool] = lambda _: True) -> list[Any]:
+    """``items`` with the handles that ``wanted`` picks replaced by their packets (one ``ray.get``)."""
+    picks = [i for i, p in enumerate(items) if isinstance(p, _Stored) and wanted(p)]
+    if not picks:
+        return list(items)
+    out = list(items)
+    for i, packet in zip(picks, ray.get([items[i].ref for i in picks])):
+        out[i] = packet
+    return out
+
+
+def _may_take(stages: Sequence[Any]) -> Callable[[_Stored], bool]:
+    """Whether some stage of ``stages`` may take a stored packet, from their declared ``accepts`` and
+    ``modalities`` (an operator's own ``takes`` may only narrow those)."""
+    rules = [(tuple(type(s).accepts), type(s).modalities) for s in stages]
+
+    def wanted(p: _Stored) -> bool:
+        return any(issubclass(p.kind, accepts) and (mods is None or p.modality in mods) for accepts, mods in rules)
+    return wanted
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -211,6 +267,7 @@ class StageActor:
         self.runners: dict[str, StageRunner] = {}  # per stream: its counters (and the operators)
         self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
         self.counted: set[str] = set()  # streams whose counters include this process's restart
+        self.ends: set[str] = set()  # streams whose chain this actor ends
         self._metrics: dict[str, Any] | None = None
 
     def _metric(self) -> dict[str, Any]:
@@ -239,9 +296,10 @@ class StageActor:
         ids = ", ".join(str(i) for i in self.indices)
         return StreamStateLost(f"stage(s) {ids} hold no state for stream {key!r} (their actor restarted)")
 
-    def reset(self, key: str, stream: str, input_name: str, meter: bool = False) -> bool:
+    def reset(self, key: str, stream: str, input_name: str, meter: bool = False, last: bool = False) -> bool:
         """Fresh state for a new stream; returns whether this actor process is a restart. ``meter``:
-        this actor ends the chain and measures the stream's fidelity (see :meth:`push`)."""
+        this actor measures the stream's fidelity (see :meth:`push`). ``last``: it ends the chain, so
+        what it returns goes to the driver whole (no :class:`_Stored` handles)."""
         if self.shared:
             if not self.stages:
                 self.stages = self._build("")
@@ -258,6 +316,10 @@ class StageActor:
 
             fidelity = FidelityMeter()
         self.runners[key] = StageRunner(self.stages, InputResult(input=input_name, stream=stream), meter=fidelity)
+        if last:
+            self.ends.add(key)
+        else:
+            self.ends.discard(key)
         return self.restarted
 
     def _select(self, key: str) -> StageRunner:
@@ -286,10 +348,18 @@ class StageActor:
         meter = runner.meter
         if meter is not None:
             for batch, mods in zip(originals, modalities):
-                for p in batch:
+                def fresh(h: _Stored, mods: tuple[str, ...] = mods) -> bool:
+                    return issubclass(h.kind, Tokens) and h.modality in mods
+
+                for p in _fetch(batch, fresh):
                     if isinstance(p, Tokens) and p.modality in mods and p.meta.get("kind", "tokens") == "tokens":
                         meter.add_originals(p)
-        out = [o for p in packets for o in runner.push(p)]
+        last = key in self.ends
+        # A stored packet none of the stages takes would pass them unchanged: it stays in the store.
+        packets = _fetch(packets) if last else _fetch(packets, _may_take(self.stages))
+        out = [o for p in packets for o in ([p] if isinstance(p, _Stored) else runner.push(p))]
+        if not last:
+            out = [_store(o) for o in out]
         if meter is not None:
             for o in out:
                 if is_stream_output(o):
@@ -311,8 +381,8 @@ class StageActor:
         return {"stages": states, "stats": [st.to_dict() for st in runner.stats], "meter": runner.meter}
 
     def restore(self, key: str, snap: dict[str, Any] | None, stream: str, input_name: str,
-                meter: bool = False) -> None:
-        self.reset(key, stream, input_name, meter)
+                meter: bool = False, last: bool = False) -> None:
+        self.reset(key, stream, input_name, meter, last)
         runner = self.runners[key]
         if snap is not None:
             runner.meter = snap["meter"]
@@ -786,7 +856,7 @@ class _Chain:
         self.released = False  # the actors forgot the stream (its summary is in)
 
     def reset(self) -> None:
-        refs = [a.reset.remote(self.key, self.result.stream, self.result.input, m)
+        refs = [a.reset.remote(self.key, self.result.stream, self.result.input, m, a is self.actors[-1])
                 for a, m in zip(self.actors, self.meters)]
         try:
             ray.get(refs, timeout=self.rt.restart_timeout_s * 2)
@@ -826,7 +896,7 @@ class _Chain:
         """Send source packets down the chain as one batch (one call per actor)."""
         seq = self.next_seq
         self.next_seq += 1
-        ref = ray.put(packets)
+        ref = ray.put([_store(p) for p in packets])
         self.replay.append((seq, ref))
         self._send(seq, ref)
 
@@ -889,7 +959,7 @@ class _Chain:
                                            fix="check the Ray logs for why the worker keeps dying") from err
                     time.sleep(0.2)
         snap_refs = self.committed[1] if self.committed is not None else [None] * len(self.actors)
-        ray.get([a.restore.remote(self.key, s, self.result.stream, self.result.input, m)
+        ray.get([a.restore.remote(self.key, s, self.result.stream, self.result.input, m, a is self.actors[-1])
                  for a, s, m in zip(self.actors, snap_refs, self.meters)])
         self.inflight.clear()
         self.cuts.clear()

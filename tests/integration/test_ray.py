@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import ray
@@ -16,10 +17,11 @@ from _ray_helpers import assert_same, ray_started, tokens_of  # noqa: F401 - ray
 from streamzip.batch import run_batch
 from streamzip.errors import BackendError, OutputError
 from streamzip.output import load
+from streamzip.packets import Tokens
 from streamzip.pipeline import Pipeline, load_pipeline
 from streamzip.pipelines import builtin_names
 from streamzip.runtime.local import LocalRuntime
-from streamzip.runtime.ray import RayRuntime, _check_reachable, stage_groups
+from streamzip.runtime.ray import RayRuntime, StageActor, _check_reachable, _lost, _store, _Stored, stage_groups
 
 
 @pytest.mark.parametrize("name", builtin_names())
@@ -80,6 +82,47 @@ def test_a_killed_stage_restarts_and_the_run_ends_identical(victim, fuse, clip) 
     # The fidelity meter (in the last actor, part of its snapshots) counted every token once.
     assert rt.results[0].fidelity == pytest.approx(lrt.results[0].fidelity, abs=1e-6)
     assert rt.results[0].tokens_in == lrt.results[0].tokens_in
+
+
+@ray.remote(num_cpus=0.05)
+class _Owner:
+    def store(self, packet: Tokens) -> list[object]:
+        return [_store(packet)]
+
+    def never(self) -> None:
+        time.sleep(600)
+
+
+def test_big_packets_skip_the_actors_that_do_not_take_them() -> None:
+    """A batch of video tokens is left in the store as a handle: the audio actors pass the handle on
+    without fetching it, the video actors fetch it."""
+    pipe = load_pipeline("default")
+    n = 200  # 200 x 768 float32: 600 KB, a stored packet
+    t0 = torch.arange(n, dtype=torch.float64) / 100
+    big = Tokens(stream="s", modality="video", data=torch.randn(n, 768), t0=t0, t1=t0 + 0.01,
+                 pos=torch.zeros(n, 2, dtype=torch.int32), size=torch.ones(n, dtype=torch.int64))
+    spec = pipe.to_dict()
+    vad, tail = (StageActor.options(num_cpus=0.05).remote(spec, {}, g, 1) for g in ([1], [3, 4, 5, 6, 7]))
+    owner = _Owner.remote()
+    try:
+        (handle,) = ray.get(owner.store.remote(big))
+        assert isinstance(handle, _Stored) and handle.modality == "video" and handle.kind is Tokens
+        assert isinstance(_store(Tokens.empty("s", "video", 768)), Tokens)  # small ones ride inline
+        ray.get([vad.reset.remote("k", "s", "in"), tail.reset.remote("k", "s", "in", False, True)])
+        # A handle whose packet never comes: whoever fetches it waits.
+        pending = _Stored(Tokens, "video", owner.never.remote())
+        (out,) = ray.get(vad.push.remote("k", [pending]), timeout=120)  # the VAD takes no video
+        assert isinstance(out, _Stored) and out.ref == pending.ref
+        with pytest.raises(ray.exceptions.GetTimeoutError):  # FrameFusion takes video: it waits
+            ray.get(tail.push.remote("k", [pending]), timeout=3)
+        # A real one passes the VAD as the same handle.
+        (out,) = ray.get(vad.push.remote("k", [handle]))
+        assert out == handle
+    finally:
+        for a in (vad, tail, owner):
+            ray.kill(a)
+    # A packet lost with the actor that stored it is a lost actor: the chain restores and replays.
+    assert _lost(ray.exceptions.OwnerDiedError("00" * 28, "", ""))
 
 
 def test_a_file_source_waits_for_the_slowest_stage(clip) -> None:  # type: ignore[no-untyped-def]
