@@ -76,7 +76,7 @@ import torch
 
 from streamzip._prefetch import Prefetch
 from streamzip.errors import BackendError, StreamzipError
-from streamzip.packets import AudioChunk, Packet, Tokens, VideoFrames
+from streamzip.packets import AudioChunk, Packet, Tokens, VideoFrames, wire
 from streamzip.runtime.local import (
     Source,
     StageRunner,
@@ -378,7 +378,7 @@ class StageActor:
             raise self._lost(key)
         states = [s.snapshot() for s in self.stages] if self.loaded == key else [self.parked[key]]
         # The meter goes with the cut (Ray serialises the reply now), so a replay counts nothing twice.
-        return {"stages": states, "stats": [st.to_dict() for st in runner.stats], "meter": runner.meter}
+        return {"stages": wire(states), "stats": [st.to_dict() for st in runner.stats], "meter": runner.meter}
 
     def restore(self, key: str, snap: dict[str, Any] | None, stream: str, input_name: str,
                 meter: bool = False, last: bool = False) -> None:
@@ -854,13 +854,26 @@ class _Chain:
         self.cuts: deque[tuple[int, list[Any]]] = deque()  # pending snapshot cuts (seq, refs)
         self.committed: tuple[int, list[Any]] | None = None
         self.released = False  # the actors forgot the stream (its summary is in)
+        self.starting: list[Any] = []  # the actors' reset calls, until confirmed
 
     def reset(self) -> None:
-        refs = [a.reset.remote(self.key, self.result.stream, self.result.input, m, a is self.actors[-1])
-                for a, m in zip(self.actors, self.meters)]
+        """Fresh state in every actor of the chain for this stream. Not waited for: the first batch
+        goes right behind (an actor runs its calls in order); :meth:`_started` checks it came."""
+        self.starting = [a.reset.remote(self.key, self.result.stream, self.result.input, m, a is self.actors[-1])
+                         for a, m in zip(self.actors, self.meters)]
+
+    def _started(self) -> None:
+        """Raise a clear error if the actors never started (Ray cannot place them)."""
+        refs, self.starting = self.starting, []
+        if not refs:
+            return
         try:
             ray.get(refs, timeout=self.rt.restart_timeout_s * 2)
-        except ray.exceptions.GetTimeoutError as err:
+        except ray.exceptions.RayError as err:
+            if _lost(err):
+                return  # it died already: the stream's first call finds out and recovers
+            if not isinstance(err, ray.exceptions.GetTimeoutError):
+                raise
             have = ray.available_resources()
             raise BackendError(
                 f"the stage actors could not start within {self.rt.restart_timeout_s * 2:.0f} s "
@@ -901,6 +914,7 @@ class _Chain:
         self._send(seq, ref)
 
     def complete_oldest(self) -> Iterator[Packet]:
+        self._started()
         seq, ref = self.inflight[0]
         try:
             outs = ray.get(ref)
@@ -978,6 +992,7 @@ class _Chain:
         """The stages' counters and reports, after the last packet. A pool actor that restarted for
         another stream's sake since this stream's last call has lost its state: restore and replay
         (nothing new comes out), then ask again."""
+        self._started()
         for attempt in range(3):
             try:
                 self._collect()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import pytest
 import ray
 import torch
@@ -33,3 +36,19 @@ def assert_same(a: list[Tokens], b: list[Tokens], *, same_stream: bool = False) 
             assert (vx is None) == (vy is None), key
             if vx is not None:
                 assert torch.equal(vx, vy), key
+
+
+def kill_and_wait(actor: Any, timeout_s: float = 60.0) -> None:
+    """Kill a stage actor and wait until Ray has restarted it (it then holds no stream): the death
+    lands before the stream's next call however fast the rest of the run goes (``ray.kill`` alone
+    returns at once, and a short run may end before the actor dies)."""
+    ray.kill(actor, no_restart=False)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if not ray.get(actor.streams.remote(), timeout=timeout_s):
+                return
+        except ray.exceptions.RayActorError:
+            pass  # the call reached the dying process
+        assert time.monotonic() < deadline, "the killed actor did not come back"
+        time.sleep(0.05)

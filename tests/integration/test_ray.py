@@ -12,7 +12,7 @@ import time
 import pytest
 import ray
 import torch
-from _ray_helpers import assert_same, ray_started, tokens_of  # noqa: F401 - ray_started: the module's fixture
+from _ray_helpers import assert_same, kill_and_wait, ray_started, tokens_of  # noqa: F401 - ray_started: the module's fixture
 
 from streamzip.batch import run_batch
 from streamzip.errors import BackendError, OutputError
@@ -66,7 +66,7 @@ def test_a_killed_stage_restarts_and_the_run_ends_identical(victim, fuse, clip) 
 
     def kill(seq, actors):  # type: ignore[no-untyped-def]
         if seq == 3 and not killed:
-            ray.kill(actors[victim], no_restart=False)
+            kill_and_wait(actors[victim])
             killed.append(seq)
 
     rt = RayRuntime(on_packet=kill, snapshot_every=2, fuse=fuse)
@@ -123,6 +123,18 @@ def test_big_packets_skip_the_actors_that_do_not_take_them() -> None:
             ray.kill(a)
     # A packet lost with the actor that stored it is a lost actor: the chain restores and replays.
     assert _lost(ray.exceptions.OwnerDiedError("00" * 28, "", ""))
+
+
+def test_stage_actors_ray_cannot_place_are_a_clear_error(clip) -> None:  # type: ignore[no-untyped-def]
+    spec = load_pipeline("patch_only").to_dict()
+    spec["steps"][0]["resources"] = {"num_gpus": 1}  # this machine has none
+    rt = RayRuntime(restart_timeout_s=1)
+    try:
+        with pytest.raises(BackendError, match="could not start within 2 s") as err:
+            list(rt.run(Pipeline.from_dict(spec), [clip.path]))
+        assert "0 GPUs free" in str(err.value) and "Fix:" in str(err.value)
+    finally:
+        rt.shutdown()
 
 
 def test_a_file_source_waits_for_the_slowest_stage(clip) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ import ray
 import ray._private.state
 import torch
 from _ray_helpers import assert_same as same
-from _ray_helpers import ray_started, tokens_of  # noqa: F401 - ray_started: the module's fixture
+from _ray_helpers import kill_and_wait, ray_started, tokens_of  # noqa: F401 - ray_started: the module's fixture
 
 from streamzip.packets import Tokens
 from streamzip.pipeline import Pipeline, load_pipeline
@@ -159,7 +159,7 @@ def test_a_killed_pool_actor_restarts_and_every_stream_it_served_ends_identical(
 
     def kill(seq: int, actors: list[Any]) -> None:
         if seq == 3 and started and not killed:
-            ray.kill(actors[0], no_restart=False)  # the video encoder's pool actor
+            kill_and_wait(actors[0])  # the video encoder's pool actor
             killed.append(seq)
 
     # Two runtimes, as two cameras of `streamzip live` have, share the encoder pool. (A packet per call:

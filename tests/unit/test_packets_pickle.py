@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamzip.packets import AudioChunk, Gap, Tokens, VideoFrames
+from streamzip.packets import AudioChunk, Gap, Tokens, VideoFrames, wire
 from streamzip.tokens import with_fresh_assignment
 
 
@@ -68,11 +68,14 @@ def test_read_only_buffers_are_copied_so_stages_can_write() -> None:
     same(tok, again)
 
 
-def test_deepcopy_is_independent_and_odd_tensors_keep_torchs_pickling() -> None:
+def test_copies_and_odd_tensors_keep_their_meaning() -> None:
     tok = tokens()
     dup = copy.deepcopy(tok)
     dup.data[0, 0] = 123.0
     assert tok.data[0, 0] != 123.0
+    shallow = copy.copy(tok)  # shares the tensors, as a shallow copy does
+    assert all(getattr(shallow, k) is None or getattr(shallow, k).data_ptr() == v.data_ptr()
+               for k, v in vars(tok).items() if isinstance(v, torch.Tensor))
     # bfloat16 has no NumPy twin, a grad-tracking tensor must not lose its graph silently
     odd = copy.copy(tok)
     odd.data = tok.data.to(torch.bfloat16)
@@ -90,3 +93,19 @@ def test_deepcopy_is_independent_and_odd_tensors_keep_torchs_pickling() -> None:
 def test_packets_without_tensors_pickle_as_before() -> None:
     gap = Gap(stream="cam", start_s=1.0, end_s=2.5, reason="reconnect")
     assert pickle.loads(pickle.dumps(gap)) == gap
+
+
+def test_wire_sends_the_tensors_of_a_nested_state_out_of_band() -> None:
+    state = {"threshold": 0.9, "held": [{"data": torch.randn(40, 8), "t0": torch.arange(40.0)}],
+             "pending": None, "pair": (torch.ones(3, dtype=torch.int64), "x"),
+             "half": torch.ones(2, dtype=torch.bfloat16)}
+    buffers: list[pickle.PickleBuffer] = []
+    blob = pickle.dumps(wire(state), protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == 3  # the bfloat16 tensor keeps torch's pickling
+    back = pickle.loads(blob, buffers=buffers)
+    assert back["threshold"] == 0.9 and back["pending"] is None and back["pair"][1] == "x"
+    assert isinstance(back["pair"], tuple) and torch.equal(back["pair"][0], state["pair"][0])
+    assert torch.equal(back["held"][0]["data"], state["held"][0]["data"])
+    assert back["half"].dtype == torch.bfloat16
+    assert wire(state)["held"][0]["t0"] is not state["held"][0]["t0"]  # a copy of the tree, not the state
+    assert state["held"][0]["t0"].dtype == torch.float32  # the state itself is untouched
