@@ -175,6 +175,8 @@ def main() -> None:
             "ray_unfused": {"median_s": unfused_med, "runs_s": unfused_t, "media_s_per_s": media / unfused_med,
                             "actors_per_stream": stages},
             "ratio_ray_to_local": local_med / ray_med,
+            # each repeat's local and Ray runs are neighbours in time: their ratio shows the spread
+            "ratio_per_repeat": [lt_ / rt_ for lt_, rt_ in zip(local_t, ray_t)],
             "ratio_ray_unfused_to_local": local_med / unfused_med,
             "longer_files": {"files": 2, "seconds_each": args.longer_seconds, "local_runs_s": longer_local,
                              "ray_runs_s": longer_ray,

@@ -365,7 +365,9 @@ def _ray(d: dict[str, Any]) -> list[str]:
     loc, ray = d["local"], d["ray"]
     out = [f"The `{d.get('pipeline', 'default')}` pipeline on {_num(d.get('files'))} generated "
            f"{_num(d.get('seconds_each'), 0)} s files, local and Ray runtimes interleaved in one run: Ray runs at "
-           f"**{ratio:.2f}×** the local throughput (goal {d.get('goal', '-')}{_goal_check(d.get('goal'), ratio)}); "
+           f"**{ratio:.2f}×** the local throughput (goal {d.get('goal', '-')}{_goal_check(d.get('goal'), ratio)}"
+           + (f"; each of the {len(d['ratio_per_repeat'])} interleaved repeats {min(d['ratio_per_repeat']):.2f}–"
+              f"{max(d['ratio_per_repeat']):.2f}×" if d.get("ratio_per_repeat") else "") + "); "
            f"an actor edge costs **{_num(d.get('edge_overhead_ms_per_packet'))} ms** per packet "
            f"({_num(ray.get('actors_per_stream'))} actors per stream).", "",
            *_table(["runtime", "actors per stream", "median s", "media s per wall s"],

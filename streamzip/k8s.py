@@ -11,10 +11,12 @@ for users without Python (``streamzip k8s defaults`` rewrites them, a test keeps
 Resource model (docs/deploy.md puts numbers on it). A *stream* is one camera (live) or one input file
 (batch), and what it asks follows the runtime that runs it:
 
-* live (``cluster``): every stage is an actor per stream (:mod:`streamzip.runtime.ray`). CPU group per
-  stream: the source (:data:`SOURCE_RESOURCES`, the decoder) plus every step that asks no GPU, ``num_cpus``
-  summed, memory summed over those actor processes (a stage's ``memory_mb``, else :data:`ACTOR_MEMORY_MB`).
-  GPU group per stream: the steps that ask ``num_gpus``, summed the same way.
+* live (``cluster``): each group of steps is an actor per stream, as the Ray runtime runs them
+  (:func:`~streamzip.runtime.groups.stage_groups`: consecutive light steps fused into one actor,
+  encoders and GPU steps alone). CPU group per stream: the source (:data:`SOURCE_RESOURCES`, the
+  decoder) plus every step that asks no GPU, ``num_cpus`` summed; memory summed over those actor
+  processes (an actor's steps' ``memory_mb`` summed, else :data:`ACTOR_MEMORY_MB`). GPU group per
+  stream: the steps that ask ``num_gpus``, summed the same way.
 * batch (``job``): one Ray Data task per input runs the whole chain in one process
   (:mod:`streamzip.batch`); it reserves what the stream's actors would (source + every step), passed as
   ``--cpus-per-input``; memory: one process (:data:`ACTOR_MEMORY_MB`) plus the declared ``memory_mb``.
@@ -216,12 +218,21 @@ def plan_resources(pipeline: Pipeline, overlay: Overlay, *, kind: str = "cluster
         units = [src, *per_step.values()]
         task = Demand(total(units, "num_cpus"), total(units, "num_gpus"), ACTOR_MEMORY_MB + total(units, "memory_mb"))
         cpu_d, gpu_d = (None, task) if gpu_steps else (task, None)
-    else:  # one actor process per stage and stream
+    else:  # one actor process per group of steps and stream, as the Ray runtime runs them
+        from streamzip.runtime.groups import stage_groups
+
+        def memory(actor: list[str]) -> float:
+            declared = [per_step[sid]["memory_mb"] for sid in actor if "memory_mb" in per_step[sid]]
+            return sum(declared) if declared else ACTOR_MEMORY_MB
+
+        actors = [[pipeline.steps[i].id for i in g] for g in stage_groups(pipeline)]
+        on_gpu = [a for a in actors if any(sid in gpu_steps for sid in a)]  # a GPU step runs alone
         cpu_units = [src, *(r for sid, r in per_step.items() if sid not in gpu_steps)]
-        cpu_d = Demand(total(cpu_units, "num_cpus"), 0.0, total(cpu_units, "memory_mb", ACTOR_MEMORY_MB))
+        cpu_d = Demand(total(cpu_units, "num_cpus"), 0.0, src.get("memory_mb", ACTOR_MEMORY_MB)
+                       + sum(memory(a) for a in actors if a not in on_gpu))
         gpu_units = [per_step[sid] for sid in gpu_steps]
         gpu_d = Demand(total(gpu_units, "num_cpus"), total(gpu_units, "num_gpus"),
-                       total(gpu_units, "memory_mb", ACTOR_MEMORY_MB)) if gpu_steps else None
+                       sum(memory(a) for a in on_gpu)) if gpu_steps else None
     s = streams_per_worker or overlay.streams_per_cpu_worker
     if s < 1:
         raise ConfigError([Problem("--streams-per-worker", f"must be >= 1, got {s}")])

@@ -77,6 +77,7 @@ import torch
 from streamzip._prefetch import Prefetch
 from streamzip.errors import BackendError, StreamzipError
 from streamzip.packets import AudioChunk, Packet, Tokens, VideoFrames, wire
+from streamzip.runtime.groups import group_resources, stage_groups
 from streamzip.runtime.local import (
     Source,
     StageRunner,
@@ -93,7 +94,7 @@ from streamzip.stats import InputResult, StageStats
 if TYPE_CHECKING:
     from streamzip.pipeline import Pipeline
 
-__all__ = ["RayRuntime", "StreamStateLost", "init_ray", "quiet_ray_logs"]
+__all__ = ["RayRuntime", "StreamStateLost", "init_ray", "quiet_ray_logs", "stage_groups"]
 
 _DEATH = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 #: a packet whose tensors hold at least this many bytes leaves a batch for its own object in Ray's
@@ -506,41 +507,6 @@ def _driver_metrics() -> dict[str, Any]:
 
 
 
-def _group_resources(steps: Sequence[dict[str, float]]) -> dict[str, float]:
-    """What one actor running several steps asks of Ray: the sum of the steps' requests."""
-    out: dict[str, float] = {"num_cpus": 0.0}
-    for res in steps:
-        for k, v in {"num_cpus": 0.25, **res}.items():
-            out[k] = out.get(k, 0.0) + float(v)
-    return out
-
-
-def stage_groups(pipeline: Pipeline, *, pooled: bool = True, fuse: bool = True) -> list[list[int]]:
-    """The steps of ``pipeline`` as the actors that run them: lists of consecutive step indices.
-
-    ``fuse``: consecutive steps share one actor, and packets pass between them in process, as Ray
-    Data fuses consecutive map operators: an actor edge costs a few milliseconds per packet on a
-    small machine, more than a light stage's work. A step runs alone when it is an encoder of a
-    ``pooled`` runtime (its pool serves many streams), when it asks for a GPU (its own placement), and
-    a step that produces tokens ends its group (the fidelity meter takes the group's output as its
-    originals). ``fuse=False``: one actor per step."""
-    from streamzip.registry import get as get_stage
-
-    resources = pipeline.resources()
-    groups: list[list[int]] = []
-    open_group = False
-    for i, step in enumerate(pipeline.steps):
-        cls = get_stage(step.op).cls
-        alone = (not fuse or (pooled and get_stage(step.op).kind == "encoder")
-                 or bool(resources[step.id].get("num_gpus")))
-        if open_group and not alone:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-        open_group = not alone and not cls.produces
-    return groups
-
-
 class _StreamActors:
     """The actors one stream has to itself (every group of steps but the pooled encoders), and its
     fidelity meter."""
@@ -634,7 +600,7 @@ class RayRuntime:
             self._shutdown_locked()
             resources = pipeline.resources()
             self._groups = stage_groups(pipeline, pooled=self.encoder_pool > 0, fuse=self.fuse)
-            self._res = [_group_resources([resources[pipeline.steps[i].id] for i in g]) for g in self._groups]
+            self._res = [group_resources([resources[pipeline.steps[i].id] for i in g]) for g in self._groups]
             self._fns = {i: s.fn for i, s in enumerate(pipeline.steps) if s.fn is not None}
             self._keep_assignment = pipeline.keep_assignment
             pooled = [g for g, steps in enumerate(self._groups) if self.encoder_pool

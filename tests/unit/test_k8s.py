@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from streamzip import k8s
 from streamzip.errors import ConfigError
 from streamzip.pipeline import Pipeline, load_pipeline
+from streamzip.runtime.groups import stage_groups
 from streamzip.sources._names import redact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -330,15 +331,21 @@ def expected_sizes(pipeline: Pipeline, kind: str, streams: int, gpus: int = 1) -
         one = {"cpu": sum(u.get("num_cpus", 0) for u in units), "gpu": sum(u.get("num_gpus", 0) for u in units),
                "mem": k8s.ACTOR_MEMORY_MB + sum(u.get("memory_mb", 0) for u in units)}
         demands = {"gpu-workers": one} if gpu_ids else {"cpu-workers": one}
-    else:  # one actor per stage and stream
+    else:  # an actor process per group of steps and stream, as the Ray runtime groups them
+        def memory(actor: list[str]) -> float:  # what its steps declare, else one process
+            declared = [per_step[s]["memory_mb"] for s in actor if "memory_mb" in per_step[s]]
+            return sum(declared) if declared else k8s.ACTOR_MEMORY_MB
+
+        actors = [[pipeline.steps[i].id for i in g] for g in stage_groups(pipeline)]
         cpu_units = [src] + [r for s, r in per_step.items() if s not in gpu_ids]
         demands = {"cpu-workers": {"cpu": sum(a.get("num_cpus", 0) for a in cpu_units), "gpu": 0,
-                                   "mem": sum(a.get("memory_mb", k8s.ACTOR_MEMORY_MB) for a in cpu_units)}}
+                                   "mem": src.get("memory_mb", k8s.ACTOR_MEMORY_MB)
+                                   + sum(memory(a) for a in actors if not set(a) & set(gpu_ids))}}
         if gpu_ids:
             gpu_units = [per_step[s] for s in gpu_ids]
             demands["gpu-workers"] = {"cpu": sum(a.get("num_cpus", 0) for a in gpu_units),
                                       "gpu": sum(a["num_gpus"] for a in gpu_units),
-                                      "mem": sum(a.get("memory_mb", k8s.ACTOR_MEMORY_MB) for a in gpu_units)}
+                                      "mem": sum(memory(a) for a in actors if set(a) & set(gpu_ids))}
     out = {}
     for group, d in demands.items():
         n = int(gpus / d["gpu"] + 1e-9) if group == "gpu-workers" else streams
