@@ -311,9 +311,14 @@ class FrameFusion(OnDevice, Operator):
         """The similarity threshold in use (given or calibrated); None before calibration."""
         return self._threshold
 
-    def set_query(self, embedding: torch.Tensor | None) -> None:
+    # Not the text query of Operator.set_query: FrameFusion takes an already embedded query (it has
+    # no text encoder), so it keeps accepts_query False and the runtimes never call this with text
+    # (runtime.local.set_query_on skips it). The signature differs on purpose, hence the ignore.
+    def set_query(self, embedding: torch.Tensor | None) -> None:  # type: ignore[override]
         """Prune by similarity to this ``(D,)`` embedding from now on (None: back to encoder scores).
-        Only matters when pruning is on (``max_tokens`` or ``prune_ratio``)."""
+        Only matters when pruning is on (``max_tokens`` or ``prune_ratio``).
+
+        Unlike :meth:`Operator.set_query` this takes an embedding, not text."""
         self.query = None if embedding is None else embedding.detach().to("cpu", torch.float32).reshape(-1)
 
     # -- protocol -----------------------------------------------------------------------------

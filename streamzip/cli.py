@@ -310,7 +310,13 @@ def _cmd_steps(args: argparse.Namespace) -> int:
                 required = {p.path for p in err.problems}
             for f in dataclasses.fields(info.cls.config_class):
                 if f.name in config_fields(info.cls.config_class):
-                    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                    if f.default is not dataclasses.MISSING:
+                        value = f.default
+                    else:
+                        # config_class() above got past argument binding, so every init field has a
+                        # default or a default_factory
+                        assert f.default_factory is not dataclasses.MISSING
+                        value = f.default_factory()
                     print(f"    {f.name} = {value!r}{'  (required)' if f.name in required else ''}")
     return 0
 

@@ -887,7 +887,8 @@ def _cmd_live(args: argparse.Namespace) -> int:
     host, port = parse_serve(args.serve)
     token = read_token(args.token, args.token_file)
     # --address or --encoder-pool alone means Ray
-    runtime = args.runtime or ("ray" if args.address or args.encoder_pool is not None else "local")
+    runtime: Literal["local", "ray"] = (
+        args.runtime or ("ray" if args.address or args.encoder_pool is not None else "local"))
     if args.address and runtime != "ray":
         raise ConfigError([Problem("--address", "--address joins a Ray cluster: use it with --runtime ray")])
     if args.encoder_pool is not None and runtime != "ray":

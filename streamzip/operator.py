@@ -107,7 +107,7 @@ class Operator:
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Load a :meth:`snapshot`; raise :class:`SnapshotError` naming any mismatch."""
-        want = {"operator": self.name or type(self).__name__, "config": self.config.to_dict(),
+        want: dict[str, Any] = {"operator": self.name or type(self).__name__, "config": self.config.to_dict(),
                 "format": SNAPSHOT_FORMAT}
         for key, expected in want.items():
             got = snapshot.get(key)

@@ -122,7 +122,8 @@ def write_output(out_dir: str | os.PathLike[str], name: str, packets: Iterable[T
             tensors[f"{g}.{key}"] = torch.cat([getattr(q, key) for q in parts]).contiguous()
         tensors[f"{g}.packet"] = torch.cat([torch.full((q.num_tokens,), i, dtype=torch.int64)
                                             for i, q in enumerate(parts)])
-        has_assign = keep_assignment and all(q.assignment is not None for q in parts)
+        assignments = [q.assignment for q in parts if q.assignment is not None]
+        has_assign = keep_assignment and len(assignments) == len(parts)
         if has_assign:
             offsets = [0]
             for q in parts[:-1]:
@@ -131,8 +132,8 @@ def write_output(out_dir: str | os.PathLike[str], name: str, packets: Iterable[T
             tensors[f"{g}.src_packet"] = torch.cat([torch.full((q.src.numel(),), i, dtype=torch.int64)  # type: ignore[union-attr]
                                                     for i, q in enumerate(parts)])
             tensors[f"{g}.assignment"] = torch.cat([
-                torch.where(q.assignment >= 0, q.assignment + off, q.assignment)  # type: ignore[operator]
-                for q, off in zip(parts, offsets)]).contiguous()
+                torch.where(a >= 0, a + off, a)
+                for a, off in zip(assignments, offsets)]).contiguous()
         if all(q.score is not None for q in parts):
             tensors[f"{g}.score"] = torch.cat([q.score for q in parts]).contiguous()  # type: ignore[misc]
         groups[g] = {"num_tokens": int(tensors[f"{g}.data"].shape[0]), "dim": dim,

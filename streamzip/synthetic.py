@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import av
 import numpy as np
@@ -140,12 +141,13 @@ def make_clip(
     with av.open(path, "w", options=options) as out:
         vs = as_ = None
         if video:
-            vs = out.add_stream(video_codec, rate=fps)
+            # video_codec is a runtime str, so the stubs give the union of every stream kind
+            vs = cast(av.VideoStream, out.add_stream(video_codec, rate=fps))
             vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
             if video_codec == "libx264":
                 vs.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(2 * fps)}
         if audio:
-            as_ = out.add_stream(audio_codec, rate=sample_rate_hz)
+            as_ = cast(av.AudioStream, out.add_stream(audio_codec, rate=sample_rate_hz))
             as_.layout = "stereo" if channels == 2 else ("5.1" if channels == 6 else "mono")
         if vs is not None:
             for kind, d in scenes:
@@ -166,10 +168,10 @@ def make_clip(
             step = 1024
             for i in range(0, n, step):
                 block = np.ascontiguousarray(planar[:, i:i + step])
-                frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=as_.layout.name)
-                frame.sample_rate = sample_rate_hz
-                frame.pts = i
-                for pkt in as_.encode(frame):
+                aframe = av.AudioFrame.from_ndarray(block, format="fltp", layout=as_.layout.name)
+                aframe.sample_rate = sample_rate_hz
+                aframe.pts = i
+                for pkt in as_.encode(aframe):
                     out.mux(pkt)
             for pkt in as_.encode(None):
                 out.mux(pkt)

@@ -44,15 +44,17 @@ def cat(parts: Sequence[Tokens], *, stream: str | None = None, modality: str | N
             )
     if len(parts) == 1:
         return parts[0]
-    keep_assign = all(p.assignment is not None for p in parts)
-    keep_score = all(p.score is not None for p in parts)
+    assignments = [p.assignment for p in parts if p.assignment is not None]
+    scores = [p.score for p in parts if p.score is not None]
+    keep_assign = len(assignments) == len(parts)
+    keep_score = len(scores) == len(parts)
     src = assignment = None
     if keep_assign:
         offsets = torch.tensor([0] + [p.num_tokens for p in parts[:-1]], dtype=torch.int64).cumsum(0)
         src = torch.cat([p.src for p in parts])  # type: ignore[misc]
         assignment = torch.cat([
-            torch.where(p.assignment >= 0, p.assignment + off, p.assignment)  # type: ignore[operator]
-            for p, off in zip(parts, offsets.tolist())
+            torch.where(a >= 0, a + off, a)
+            for a, off in zip(assignments, offsets.tolist())
         ])
     return Tokens(
         stream=first.stream, modality=first.modality,
@@ -60,7 +62,7 @@ def cat(parts: Sequence[Tokens], *, stream: str | None = None, modality: str | N
         t0=torch.cat([p.t0 for p in parts]), t1=torch.cat([p.t1 for p in parts]),
         pos=torch.cat([p.pos for p in parts]), size=torch.cat([p.size for p in parts]),
         src=src, assignment=assignment,
-        score=torch.cat([p.score for p in parts]) if keep_score else None,  # type: ignore[misc]
+        score=torch.cat(scores) if keep_score else None,
         meta=dict(first.meta),
     )
 
