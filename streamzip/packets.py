@@ -247,7 +247,9 @@ class Tokens:
         if problems:
             raise TokenError("; ".join(problems), input=self.stream, stage=stage,
                              fix="build Tokens with matching shapes (see streamzip.Tokens)")
-        if n and not bool(torch.isfinite(self.data).all()):
+        # A sum is finite only if every term is (NaN and inf propagate): one cheap reduction, and the
+        # element-wise test only when it is not (a NaN or inf, or float32 overflow of huge values).
+        if n and not bool(torch.isfinite(self.data.sum())) and not bool(torch.isfinite(self.data).all()):
             bad = int((~torch.isfinite(self.data)).any(dim=1).nonzero()[0, 0])
             raise TokenError(
                 f"token {bad} of the {self.modality} tokens holds NaN or inf",

@@ -95,3 +95,16 @@ def test_check_finds_nan_and_names_time() -> None:
     with pytest.raises(TokenError, match="token 2 .* NaN") as info:
         tok.check(stage="fuse")
     assert info.value.time_s == 1.0 and info.value.stage == "fuse"
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_check_finds_any_non_finite_value_but_takes_huge_finite_ones(bad: float) -> None:
+    tok = make(4)
+    tok.data[:] = 3e38  # finite, but their sum overflows float32: still valid tokens
+    tok.check()
+    tok.data[1, 2] = bad
+    with pytest.raises(TokenError, match="token 1 "):
+        tok.check()
+    tok.data[1, 2], tok.data[3, 0] = 0.0, -bad  # +inf and -inf elsewhere would cancel to NaN in a sum
+    with pytest.raises(TokenError, match="token 3 "):
+        tok.check()
