@@ -113,10 +113,22 @@ def adjacent_similarity(tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
     query = ((frame - 1) << 42) | cell
     at = torch.searchsorted(sorted_key, query).clamp(max=n - 1)
     found = (sorted_key[at] == query) & same_count[frame] & (frame > 0)
-    prev[found] = order[at[found]]
-    if bool(found.any()):
-        sim[found] = safe_cosine(tokens.data[found], tokens.data[prev[found]])
+    idx = found.nonzero().squeeze(1)
+    if idx.numel():
+        before = order[at[idx]]
+        prev[idx] = before
+        sim[idx] = _pair_cosine(tokens.data, idx, before)
     return prev, sim
+
+
+def _pair_cosine(data: torch.Tensor, idx: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """``safe_cosine(data[idx], data[before])``. In the usual case (frames of one size, patches in the
+    same order) both are runs of rows at a constant distance: row slices then, no copies of the data."""
+    lo, hi = int(idx[0]), int(idx[-1]) + 1
+    gap = lo - int(before[0])
+    if hi - lo == idx.numel() and bool((idx - before == gap).all()):
+        return safe_cosine(data[lo:hi], data[lo - gap:hi - gap])
+    return safe_cosine(data.index_select(0, idx), data.index_select(0, before))
 
 
 @dataclass(frozen=True)
@@ -366,8 +378,11 @@ class FrameFusion(OnDevice, Operator):
     def _ingest(self, tokens: Tokens, *, threshold: float | None = None) -> list[Packet]:
         out: list[Packet] = []
         win = torch.floor(tokens.t0 / self.config.window_s + 1e-9).to(torch.int64)
-        for i, w in enumerate(torch.unique_consecutive(win).tolist()):
-            part = take(tokens, (win == w).nonzero().squeeze(1), keep_dropped=i == 0)
+        wins = torch.unique_consecutive(win).tolist()
+        for i, w in enumerate(wins):
+            # A packet within one window is taken whole (a new packet object, the same tensors).
+            part = (replace(tokens) if len(wins) == 1
+                    else take(tokens, (win == w).nonzero().squeeze(1), keep_dropped=i == 0))
             if self._window is not None and w != self._window:
                 out.extend(self._close(threshold))
             self._window = w
@@ -406,7 +421,8 @@ class FrameFusion(OnDevice, Operator):
         if upto <= lo and not final:
             return []
         members = ((plan.anchor >= lo) & (plan.anchor < upto)).nonzero().squeeze(1)
-        part = take(pending, members, keep_dropped=final)
+        # The whole window at its close: every token and every dropped original, as they are.
+        part = replace(pending) if final and lo == 0 and upto == n else take(pending, members, keep_dropped=final)
         anchor_in_part = torch.searchsorted(members, plan.anchor[members])
         merged = apply_fusion(part, FusionPlan(plan.prev[members], plan.similarity[members],
                                                plan.merged[members], anchor_in_part))

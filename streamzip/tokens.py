@@ -93,11 +93,14 @@ def take(tokens: Tokens, index: torch.Tensor, *, keep_dropped: bool = True) -> T
         if keep_dropped:
             keep = keep | (a < 0)
         src, assignment = tokens.src[keep], new_a[keep]
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        return t.index_select(0, index)  # a plain gather: faster than advanced indexing
+
     return Tokens(
         stream=tokens.stream, modality=tokens.modality,
-        data=tokens.data[index], t0=tokens.t0[index], t1=tokens.t1[index],
-        pos=tokens.pos[index], size=tokens.size[index], src=src, assignment=assignment,
-        score=tokens.score[index] if tokens.score is not None else None, meta=dict(tokens.meta),
+        data=rows(tokens.data), t0=rows(tokens.t0), t1=rows(tokens.t1),
+        pos=rows(tokens.pos), size=rows(tokens.size), src=src, assignment=assignment,
+        score=rows(tokens.score) if tokens.score is not None else None, meta=dict(tokens.meta),
     )
 
 
@@ -134,10 +137,12 @@ def merge_groups(tokens: Tokens, group: torch.Tensor) -> Tokens:
     acc = torch.zeros(num_out, tokens.dim, dtype=torch.float32)
     # In blocks of rows: one weighted copy of a large window (10⁵+ tokens) would double its memory.
     rows = kept.nonzero().squeeze(1)
+    every = rows.numel() == n  # nothing dropped: blocks are row slices, no gathered copy
     for s in range(0, rows.numel(), 65536):
         r = rows[s:s + 65536]
         w = tokens.size[r].to(torch.float32).unsqueeze(1)
-        acc.index_add_(0, out_of_token[r], tokens.data[r].to(torch.float32) * w)
+        block = tokens.data[s:s + 65536] if every else tokens.data.index_select(0, r)
+        acc.index_add_(0, out_of_token[r], block.to(torch.float32) * w)
     size = torch.zeros(num_out, dtype=torch.int64).index_add_(0, k, tokens.size[kept])
     data = acc / size.clamp(min=1).to(torch.float32).unsqueeze(1)
     t0 = torch.full((num_out,), float("inf"), dtype=torch.float64).scatter_reduce(
