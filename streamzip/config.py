@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import reprlib
 import types
 import typing
@@ -110,8 +111,15 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
 
 def config_fields(cls: type[Config]) -> dict[str, Any]:
     """Field name → resolved type annotation."""
+    return dict(_resolved_fields(cls))
+
+
+@functools.cache
+def _resolved_fields(cls: type[Config]) -> tuple[tuple[str, Any], ...]:
+    # Resolving string annotations compiles each one: done once per class, not per config built
+    # (every stage of every stream builds one; measured 13 ms per stream of the default pipeline).
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+    return tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls) if f.init)
 
 
 @dataclasses.dataclass(frozen=True)
