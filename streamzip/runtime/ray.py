@@ -76,7 +76,7 @@ import torch
 
 from streamzip._prefetch import Prefetch
 from streamzip.errors import BackendError, StreamzipError
-from streamzip.packets import AudioChunk, Packet, Tokens, VideoFrames, wire
+from streamzip.packets import AudioChunk, End, Gap, Packet, Tokens, VideoFrames, wire
 from streamzip.runtime.groups import group_resources, stage_groups
 from streamzip.runtime.local import (
     Source,
@@ -808,6 +808,12 @@ class _Chain:
         # What each actor's output holds fresh from an encoder (only a group's last step produces).
         self.produces = [self.step_produces[g[-1]] for g in groups]
         self.upstream = [m for m in self.produces[:-1] if m]
+        # What each actor's stages declare they take and may emit, to skip an actor for a batch with
+        # nothing it takes (see :meth:`_send`).
+        classes = [[get_stage(pipeline.steps[i].op).cls for i in g] for g in groups]
+        self.takes = [[(tuple(c.accepts), c.modalities) for c in group] for group in classes]
+        self.emits = [{(t, m) for c in group for t in c.accepts for m in (c.modalities or (None,))}
+                      | {(Tokens, m) for c in group for m in c.produces} for group in classes]
         takes_query = [get_stage(step.op).cls.accepts_query for step in pipeline.steps]
         self.query_steps = [a for a, g in enumerate(groups) if any(takes_query[i] for i in g)]
         self.query_step_ids = [step.id for step, q in zip(pipeline.steps, takes_query) if q]
@@ -816,7 +822,8 @@ class _Chain:
         self.next_seq = 0
         self.emitted = -1  # highest sequence number whose outputs were passed on
         self.inflight: deque[tuple[int, Any]] = deque()
-        self.replay: deque[tuple[int, Any]] = deque()  # source packets after the committed cut
+        # source packets after the committed cut: (seq, batch, the kinds of its packets)
+        self.replay: deque[tuple[int, Any, frozenset[tuple[type, str | None]] | None]] = deque()
         self.cuts: deque[tuple[int, list[Any]]] = deque()  # pending snapshot cuts (seq, refs)
         self.committed: tuple[int, list[Any]] | None = None
         self.released = False  # the actors forgot the stream (its summary is in)
@@ -854,14 +861,29 @@ class _Chain:
         """``set_query`` on the stream's query-taking actors, queued behind the packets sent so far."""
         return [self.actors[i].set_query.remote(self.key, text) for i in self.query_steps]
 
-    def _send(self, seq: int, ref: Any) -> None:
+    def _may_take(self, actor: int, kinds: set[tuple[type, str | None]]) -> bool:
+        return any(issubclass(t, accepts) and (mods is None or m is None or m in mods)
+                   for t, m in kinds for accepts, mods in self.takes[actor])
+
+    def _send(self, seq: int, ref: Any, kinds: frozenset[tuple[type, str | None]] | None) -> None:
+        """Send batch ``ref`` down the chain. ``kinds``: the (type, modality) of its packets, or None
+        when it holds a control packet (an end or a gap, which every stage sees). An actor none of
+        whose stages may take any kind that can reach it is skipped: its output would be its input
+        unchanged (an audio chunk past the video encoder), so the next actor takes that input, a call
+        saved. What can reach an actor: the batch's kinds plus what each actor called before it may
+        emit (its stages' ``accepts`` and ``produces``). The last actor is always called."""
         r = ref
+        reach = None if kinds is None else set(kinds)
         originals: list[Any] = []  # the upstream encoders' outputs, for the last actor's meter
+        last = len(self.actors) - 1
         for i, a in enumerate(self.actors):
-            if self.meters[i] and originals:
-                r = a.push.remote(self.key, r, self.upstream, *originals)
-            else:
-                r = a.push.remote(self.key, r)
+            if reach is None or i == last or self._may_take(i, reach):
+                if self.meters[i] and originals:
+                    r = a.push.remote(self.key, r, self.upstream, *originals)
+                else:
+                    r = a.push.remote(self.key, r)
+                if reach is not None:
+                    reach |= self.emits[i]
             if self.produces[i]:
                 originals.append(r)
         self.inflight.append((seq, r))
@@ -876,8 +898,10 @@ class _Chain:
         seq = self.next_seq
         self.next_seq += 1
         ref = ray.put([_store(p) for p in packets])
-        self.replay.append((seq, ref))
-        self._send(seq, ref)
+        kinds = None if any(isinstance(p, (End, Gap)) for p in packets) else frozenset(
+            (type(p), getattr(p, "modality", None)) for p in packets)
+        self.replay.append((seq, ref, kinds))
+        self._send(seq, ref, kinds)
 
     def complete_oldest(self) -> Iterator[Packet]:
         self._started()
@@ -947,10 +971,10 @@ class _Chain:
         # the packet it first applied to, so the replay weights every packet as the first run did.
         cut = self.committed[0] if self.committed is not None else -1
         events = [(s, q) for s, q in list(self.query_events) if s > cut]
-        for seq, ref in list(self.replay):
+        for seq, ref, kinds in list(self.replay):
             while events and events[0][0] <= seq:
                 self.send_query(events.pop(0)[1])
-            self._send(seq, ref)
+            self._send(seq, ref, kinds)
         for _, q in events:
             self.send_query(q)
 

@@ -125,6 +125,41 @@ def test_big_packets_skip_the_actors_that_do_not_take_them() -> None:
     assert _lost(ray.exceptions.OwnerDiedError("00" * 28, "", ""))
 
 
+class _FakeActor:
+    """Records the calls a chain makes; a call's result is a string naming the call."""
+
+    def __init__(self, name: str, log: list[tuple[str, tuple[object, ...]]]) -> None:
+        self.name, self.log = name, log
+        self.push = self.snapshot = self
+
+    def remote(self, key: str, *args: object) -> str:
+        self.log.append((self.name, args))
+        return f"{self.name}({args[0] if args else ''})"
+
+
+def test_a_batch_skips_the_actors_that_take_none_of_its_packets() -> None:
+    from streamzip.packets import AudioChunk, VideoFrames
+    from streamzip.runtime.ray import _Chain
+    from streamzip.stats import InputResult
+
+    pipe = load_pipeline("default")  # actors: video encoder, VAD, audio encoder, the fused rest
+    log: list[tuple[str, tuple[object, ...]]] = []
+    actors = [_FakeActor(n, log) for n in ("video", "vad", "audio", "rest")]
+    chain = _Chain(RayRuntime(), actors, stage_groups(pipe), InputResult(input="x", stream="x"), pipe)
+    calls = lambda: [(n, a[0]) for n, a in log]  # noqa: E731
+
+    chain._send(0, "b", frozenset({(AudioChunk, "audio")}))  # no frames: past the video encoder
+    assert calls() == [("vad", "b"), ("audio", "vad(b)"), ("rest", "audio(vad(b))")]
+    log.clear()
+    chain._send(1, "b", frozenset({(VideoFrames, "video")}))  # no audio: past the VAD and the fbank
+    assert calls() == [("video", "b"), ("rest", "video(b)")]
+    # The meter's originals: each encoder's output, the skipped one's being its input as it passed.
+    assert log[-1][1][1:] == ([("video",), ("audio",)], "video(b)", "video(b)")
+    log.clear()
+    chain._send(2, "b", None)  # an end or a gap: every stage sees it
+    assert [n for n, _ in log] == ["video", "vad", "audio", "rest"]
+
+
 def test_stage_actors_ray_cannot_place_are_a_clear_error(clip) -> None:  # type: ignore[no-untyped-def]
     spec = load_pipeline("patch_only").to_dict()
     spec["steps"][0]["resources"] = {"num_gpus": 1}  # this machine has none
