@@ -180,13 +180,19 @@ def _goals(d: dict[str, Any]) -> list[str]:
 
 
 # -- sections -------------------------------------------------------------------------------------
+def _spread(d: dict[str, Any]) -> str:
+    """"; each of the N interleaved repeats lo–hi×", from a result's ``ratio_per_repeat``."""
+    r = d.get("ratio_per_repeat")
+    return f"; each of the {len(r)} interleaved repeats {min(r):.2f}–{max(r):.2f}×" if r else ""
+
+
 def _decode(d: dict[str, Any]) -> list[str]:
     clip, dec, pipe = d.get("clip", {}), d["decode_only"], d["pipeline"]
     ratio = d["ratio_pipeline_to_decode"]
     m = re.match(r"\s*>=\s*([\d.]+)", str(d.get("goal", "")))
     met = f" — {_met(ratio >= float(m.group(1)))}" if m else ""
     return [f"The `run` pipeline ({pipe.get('encoder', 'encoder')}, sampled at {pipe.get('sampling_fps', '?')} fps) "
-            f"reaches **{ratio:.2f}×** the decode-only throughput (goal {d.get('goal', '-')}{met}), on a "
+            f"reaches **{ratio:.2f}×** the decode-only throughput (goal {d.get('goal', '-')}{met}{_spread(d)}), on a "
             f"{_num(clip.get('seconds'), 0)} s {clip.get('size', '')} {clip.get('codec', '')} clip at "
             f"{clip.get('fps', '?')} fps ({_num(clip.get('frames'))} frames).", "",
             *_table(["", "median s", "source frames/s"],
@@ -366,9 +372,7 @@ def _ray(d: dict[str, Any]) -> list[str]:
     out = [f"The `{d.get('pipeline', 'default')}` pipeline on {_num(d.get('files'))} generated "
            f"{_num(d.get('seconds_each'), 0)} s files, local and Ray runtimes interleaved in one run: Ray runs at "
            f"**{ratio:.2f}×** the local throughput (goal {d.get('goal', '-')}{_goal_check(d.get('goal'), ratio)}"
-           + (f"; each of the {len(d['ratio_per_repeat'])} interleaved repeats {min(d['ratio_per_repeat']):.2f}–"
-              f"{max(d['ratio_per_repeat']):.2f}×" if d.get("ratio_per_repeat") else "") + "); "
-           f"an actor edge costs **{_num(d.get('edge_overhead_ms_per_packet'))} ms** per packet "
+           f"{_spread(d)}); an actor edge costs **{_num(d.get('edge_overhead_ms_per_packet'))} ms** per packet "
            f"({_num(ray.get('actors_per_stream'))} actors per stream).", "",
            *_table(["runtime", "actors per stream", "median s", "media s per wall s"],
                    [["local", "-", _num(loc["median_s"]), _num(loc.get("media_s_per_s"), 1)],
