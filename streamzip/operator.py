@@ -55,7 +55,12 @@ class Operator:
 
     # -- routing ------------------------------------------------------------------------------
     def takes(self, packet: Packet) -> bool:
-        """Whether this operator handles ``packet`` (otherwise the runtime passes it on)."""
+        """Whether this operator handles ``packet`` (otherwise the runtime passes it on).
+
+        An override may only narrow what :attr:`accepts` and :attr:`modalities` declare, and a stage
+        emits only packets of the types it accepts (in its modalities) and tokens of the modalities
+        it :attr:`produces`: the Ray runtime routes by those declarations, so that a big packet skips
+        the actors that cannot take it and a batch skips an actor with nothing in it for its stages."""
         if not isinstance(packet, self.accepts):
             return False
         if self.modalities is not None and isinstance(packet, (Tokens, VideoFrames, AudioChunk)):
