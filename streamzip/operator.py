@@ -59,7 +59,8 @@ class Operator:
 
         An override may only narrow what :attr:`accepts` and :attr:`modalities` declare, and a stage
         emits only packets of the types it accepts (in its modalities) and tokens of the modalities
-        it :attr:`produces`: the Ray runtime routes by those declarations, so that a big packet skips
+        it :attr:`produces` (gaps and ends come from the source only, passed on, never made by a
+        stage): the Ray runtime routes by those declarations, so that a big packet skips
         the actors that cannot take it and a batch skips an actor with nothing in it for its stages."""
         if not isinstance(packet, self.accepts):
             return False
