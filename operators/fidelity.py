@@ -85,7 +85,7 @@ class FidelityMeter:
             # its own representative, cosine 1 (0 for an all-zero token), with no gather at all.
             if (chunk.data is tokens.data and chunk.left == chunk.ids.numel() and torch.equal(chunk.ids, tokens.src)
                     and bool((tokens.assignment == torch.arange(tokens.num_tokens)).all())):
-                self._sum += float((tokens.data.abs().amax(dim=1) > 0).sum())
+                self._sum += float((torch.count_nonzero(tokens.data, dim=1) > 0).sum())
                 del chunks[i]
                 return
         matched = torch.zeros(tokens.src.numel(), dtype=torch.bool)
