@@ -93,6 +93,7 @@ def take(tokens: Tokens, index: torch.Tensor, *, keep_dropped: bool = True) -> T
         if keep_dropped:
             keep = keep | (a < 0)
         src, assignment = tokens.src[keep], new_a[keep]
+
     def rows(t: torch.Tensor) -> torch.Tensor:
         return t.index_select(0, index)  # a plain gather: faster than advanced indexing
 

@@ -36,12 +36,12 @@ def stage_groups(pipeline: Pipeline, *, pooled: bool = True, fuse: bool = True) 
     groups: list[list[int]] = []
     open_group = False
     for i, step in enumerate(pipeline.steps):
-        cls = get_stage(step.op).cls
-        alone = (not fuse or (pooled and get_stage(step.op).kind == "encoder")
+        stage = get_stage(step.op)
+        alone = (not fuse or (pooled and stage.kind == "encoder")
                  or bool(resources[step.id].get("num_gpus")))
         if open_group and not alone:
             groups[-1].append(i)
         else:
             groups.append([i])
-        open_group = not alone and not cls.produces
+        open_group = not alone and not stage.cls.produces
     return groups

@@ -229,14 +229,19 @@ def _fetch(items: Sequence[Any], wanted: Callable[[_Stored], bool] = lambda _: T
     return out
 
 
-def _may_take(stages: Sequence[Any]) -> Callable[[_Stored], bool]:
-    """Whether some stage of ``stages`` may take a stored packet, from their declared ``accepts`` and
-    ``modalities`` (an operator's own ``takes`` may only narrow those)."""
-    rules = [(tuple(type(s).accepts), type(s).modalities) for s in stages]
+_Rules = list[tuple[tuple[type, ...], "tuple[str, ...] | None"]]
 
-    def wanted(p: _Stored) -> bool:
-        return any(issubclass(p.kind, accepts) and (mods is None or p.modality in mods) for accepts, mods in rules)
-    return wanted
+
+def _take_rules(classes: Sequence[type]) -> _Rules:
+    """What stages of these operator classes declare they take: ``accepts`` and ``modalities`` (an
+    operator's own ``takes`` may only narrow those, see :meth:`Operator.takes`)."""
+    return [(tuple(c.accepts), c.modalities) for c in classes]  # type: ignore[attr-defined]
+
+
+def _may_take(rules: _Rules, kind: type, modality: str | None) -> bool:
+    """Whether a stage with ``rules`` may take a packet of type ``kind`` and ``modality`` (None: any)."""
+    return any(issubclass(kind, accepts) and (mods is None or modality is None or modality in mods)
+               for accepts, mods in rules)
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -357,7 +362,8 @@ class StageActor:
                         meter.add_originals(p)
         last = key in self.ends
         # A stored packet none of the stages takes would pass them unchanged: it stays in the store.
-        packets = _fetch(packets) if last else _fetch(packets, _may_take(self.stages))
+        rules = _take_rules([type(st) for st in self.stages])
+        packets = _fetch(packets) if last else _fetch(packets, lambda h: _may_take(rules, h.kind, h.modality))
         out = [o for p in packets for o in ([p] if isinstance(p, _Stored) else runner.push(p))]
         if not last:
             out = [_store(o) for o in out]
@@ -801,6 +807,8 @@ class _Chain:
         self.rt, self.actors, self.result = rt, actors, result
         # The last actor measures fidelity, fed the upstream encoders' outputs (their modalities, in order).
         self.meters = [pipeline.keep_assignment and a == len(actors) - 1 for a in range(len(actors))]
+        # What reset and restore tell each actor: whether it measures fidelity, whether it ends the chain.
+        self.roles = [(m, a == len(actors) - 1) for a, m in enumerate(self.meters)]
         # The stream's name in the actors: unique, since pool actors serve several streams at once
         # and two inputs may share a file name.
         self.key = f"{result.stream}#{uuid.uuid4().hex[:12]}"
@@ -811,7 +819,7 @@ class _Chain:
         # What each actor's stages declare they take and may emit, to skip an actor for a batch with
         # nothing it takes (see :meth:`_send`).
         classes = [[get_stage(pipeline.steps[i].op).cls for i in g] for g in groups]
-        self.takes = [[(tuple(c.accepts), c.modalities) for c in group] for group in classes]
+        self.takes = [_take_rules(group) for group in classes]
         self.emits = [{(t, m) for c in group for t in c.accepts for m in (c.modalities or (None,))}
                       | {(Tokens, m) for c in group for m in c.produces} for group in classes]
         takes_query = [get_stage(step.op).cls.accepts_query for step in pipeline.steps]
@@ -832,8 +840,8 @@ class _Chain:
     def reset(self) -> None:
         """Fresh state in every actor of the chain for this stream. Not waited for: the first batch
         goes right behind (an actor runs its calls in order); :meth:`_started` checks it came."""
-        self.starting = [a.reset.remote(self.key, self.result.stream, self.result.input, m, a is self.actors[-1])
-                         for a, m in zip(self.actors, self.meters)]
+        self.starting = [a.reset.remote(self.key, self.result.stream, self.result.input, *role)
+                         for a, role in zip(self.actors, self.roles)]
 
     def _started(self) -> None:
         """Raise a clear error if the actors never started (Ray cannot place them)."""
@@ -861,10 +869,6 @@ class _Chain:
         """``set_query`` on the stream's query-taking actors, queued behind the packets sent so far."""
         return [self.actors[i].set_query.remote(self.key, text) for i in self.query_steps]
 
-    def _may_take(self, actor: int, kinds: set[tuple[type, str | None]]) -> bool:
-        return any(issubclass(t, accepts) and (mods is None or m is None or m in mods)
-                   for t, m in kinds for accepts, mods in self.takes[actor])
-
     def _send(self, seq: int, ref: Any, kinds: frozenset[tuple[type, str | None]] | None) -> None:
         """Send batch ``ref`` down the chain. ``kinds``: the (type, modality) of its packets, or None
         when it holds a control packet (an end or a gap, which every stage sees). An actor none of
@@ -877,7 +881,7 @@ class _Chain:
         originals: list[Any] = []  # the upstream encoders' outputs, for the last actor's meter
         last = len(self.actors) - 1
         for i, a in enumerate(self.actors):
-            if reach is None or i == last or self._may_take(i, reach):
+            if reach is None or i == last or any(_may_take(self.takes[i], t, m) for t, m in reach):
                 if self.meters[i] and originals:
                     r = a.push.remote(self.key, r, self.upstream, *originals)
                 else:
@@ -963,8 +967,8 @@ class _Chain:
                                            fix="check the Ray logs for why the worker keeps dying") from err
                     time.sleep(0.2)
         snap_refs = self.committed[1] if self.committed is not None else [None] * len(self.actors)
-        ray.get([a.restore.remote(self.key, s, self.result.stream, self.result.input, m, a is self.actors[-1])
-                 for a, s, m in zip(self.actors, snap_refs, self.meters)])
+        ray.get([a.restore.remote(self.key, s, self.result.stream, self.result.input, *role)
+                 for a, s, role in zip(self.actors, snap_refs, self.roles)])
         self.inflight.clear()
         self.cuts.clear()
         # Live queries set after the cut are not in the restored state: each goes in again right before
