@@ -270,6 +270,7 @@ class ATome(OnDevice, Operator):
 
     config_class = ATomeConfig
     config: ATomeConfig
+    threads = 1  # small tensor ops (Operator.threads)
     modalities = (AUDIO,)
 
     def __init__(self, config: ATomeConfig | None = None, **kw: Any) -> None:

@@ -243,6 +243,7 @@ class UniformSampling(WindowedOperator):
 
     config_class = UniformSamplingConfig
     config: UniformSamplingConfig
+    threads = 1  # small tensor ops (Operator.threads)
 
     def reduce(self, tokens: Tokens) -> Tokens:
         return uniform_sampling(tokens, self.config.max_tokens, self.config.stride, drop=self.config.drop)
@@ -254,6 +255,7 @@ class SpatialPool(WindowedOperator):
 
     config_class = SpatialPoolConfig
     config: SpatialPoolConfig
+    threads = 1  # small tensor ops (Operator.threads)
 
     def reduce(self, tokens: Tokens) -> Tokens:
         return spatial_pool(tokens, self.config.max_tokens, self.config.pool)
@@ -265,6 +267,7 @@ class TemporalPool(WindowedOperator):
 
     config_class = TemporalPoolConfig
     config: TemporalPoolConfig
+    threads = 1  # small tensor ops (Operator.threads)
 
     def reduce(self, tokens: Tokens) -> Tokens:
         return temporal_pool(tokens, self.config.max_tokens, self.config.frames)
@@ -276,6 +279,7 @@ class ToMe(WindowedOperator):
 
     config_class = ToMeConfig
     config: ToMeConfig
+    threads = 1  # small tensor ops (Operator.threads)
 
     def reduce(self, tokens: Tokens) -> Tokens:
         return bipartite_merge(tokens, self.config.max_tokens)

@@ -291,6 +291,7 @@ class FrameFusion(OnDevice, Operator):
 
     config_class = FrameFusionConfig
     config: FrameFusionConfig
+    threads = 1  # small tensor ops (Operator.threads)
     modalities = (VIDEO,)
 
     def __init__(self, config: FrameFusionConfig | None = None, **kw: Any) -> None:

@@ -177,6 +177,7 @@ class TokenMemory(OnDevice, Operator):
 
     config_class = MemoryConfig
     config: MemoryConfig
+    threads = 1  # small tensor ops (Operator.threads)
 
     def __init__(self, config: MemoryConfig | None = None, **kw: Any) -> None:
         super().__init__(config, **kw)

@@ -402,6 +402,7 @@ class VAD(Operator):
 
     config_class = VADConfig
     config: VADConfig
+    threads = 1  # small tensor ops (Operator.threads)
     accepts = (AudioChunk,)
     modalities = (AUDIO,)
 

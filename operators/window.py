@@ -344,6 +344,7 @@ class Window(OnDevice, Operator):
 
     config_class = WindowConfig
     config: WindowConfig
+    threads = 1  # small tensor ops (Operator.threads)
 
     def __init__(self, config: WindowConfig | None = None, **kw: Any) -> None:
         super().__init__(config, **kw)

@@ -9,6 +9,8 @@ applies the plan to the packet on the CPU.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,7 +18,8 @@ import torch
 from streamzip.errors import ConfigError, Problem
 from streamzip.packets import Tokens
 
-__all__ = ["DEVICES", "DTYPES", "OnDevice", "check_device", "resolve_device", "resolve_dtype", "tokens_on"]
+__all__ = ["DEVICES", "DTYPES", "OnDevice", "check_device", "resolve_device", "resolve_dtype", "tokens_on",
+           "torch_threads"]
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -70,6 +73,24 @@ def tokens_on(tokens: Tokens, device: torch.device) -> Tokens:
                   t0=tokens.t0.to(device), t1=tokens.t1.to(device), pos=tokens.pos.to(device),
                   size=tokens.size.to(device), score=None if tokens.score is None else tokens.score.to(device),
                   meta=dict(tokens.meta))
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``threads`` for the block, then set back (None: unchanged).
+
+    The setting is per thread once a thread has used torch, so other threads keep theirs; a thread
+    that first uses torch inside the block starts from it. See :attr:`Operator.threads` for why small
+    ops run on one thread."""
+    before = torch.get_num_threads() if threads is not None else 0
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class OnDevice:

@@ -44,6 +44,13 @@ class Operator:
     #: whether the stage takes a text query (query-guided compression): the pipeline's ``query`` goes
     #: to its ``query`` option, and :meth:`set_query` changes it while a stream runs.
     accepts_query: ClassVar[bool] = False
+    #: torch intra-op threads the stage computes with on the CPU. 1 for stages of small tensor ops:
+    #: OpenMP's hand-off costs them more than it saves, and its workers spin on the cores the
+    #: decoder's threads need after every op (measured: the decode-bound pipeline at 0.65x of
+    #: decode-only with the process's 2 threads, 0.78x with 1). None, the default, leaves the
+    #: process's setting: model forward passes, and a user's own stages. The runtimes set it around
+    #: each call of the stage and restore it after (torch's setting is per thread once a thread used it).
+    threads: ClassVar[int | None] = None
 
     def __init__(self, config: Config | None = None, *, stream: str = "", step_id: str | None = None) -> None:
         self.config = config if config is not None else self.config_class()

@@ -126,6 +126,7 @@ class FbankEncoder(StretchEncoder):
 
     config_class = FbankEncoderConfig
     config: FbankEncoderConfig
+    threads = 1  # small tensor ops (Operator.threads)
 
     def _clear_own(self) -> None:
         self._buf = torch.zeros(0, dtype=torch.float32)  # 16 kHz samples from the next frame on

@@ -41,6 +41,7 @@ class PatchEncoder(VideoEncoder):
 
     config_class = PatchEncoderConfig
     config: PatchEncoderConfig
+    threads = 1  # small tensor ops (Operator.threads)
 
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], None]:
         return patchify(frames, self.config.patch_size, normalize=self.config.normalize)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streamzip._prefetch import Prefetch
+from streamzip.devices import torch_threads
 from streamzip.errors import StreamzipError
 from streamzip.operator import Operator
 from streamzip.packets import AudioChunk, End, Gap, Packet, Tokens, VideoFrames
@@ -50,6 +51,8 @@ class StageRunner:
         result.stages = self.stats
         #: a FidelityMeter fed with every encoder's fresh tokens (the originals), or None.
         self.meter = meter
+        #: each stage's torch thread count (Operator.threads), None where it keeps the caller's.
+        self.threads = [s.threads for s in self.stages]
 
     def push(self, packet: Packet, start: int = 0) -> Iterator[Packet]:
         """Send ``packet`` into stage ``start``; yield what comes out of the last stage."""
@@ -59,19 +62,8 @@ class StageRunner:
         stage, st = self.stages[start], self.stats[start]
         t = time.perf_counter()
         try:
-            if isinstance(packet, End):
-                outs = [*stage.flush(), packet]
-            elif isinstance(packet, Gap):
-                outs = stage.on_gap(packet)
-            elif stage.takes(packet):
-                st.packets_in += 1
-                if isinstance(packet, Tokens):
-                    st.tokens_in += packet.num_tokens
-                elif isinstance(packet, VideoFrames):
-                    st.frames_in += packet.num_frames
-                outs = stage.process(packet)
-            else:
-                outs = [packet]
+            with torch_threads(self.threads[start]):
+                outs = self._call(stage, st, packet)
         except StreamzipError as err:
             err.with_context(input=self.result.input, stage=stage.step_id, time_s=packet_time(packet))
             raise
@@ -85,8 +77,24 @@ class StageRunner:
             if isinstance(out, Tokens) and out is not packet:
                 st.tokens_out += out.num_tokens
                 if self.meter is not None and out.modality in stage.produces:
-                    self.meter.add_originals(out)
+                    with torch_threads(1):
+                        self.meter.add_originals(out)
             yield from self.push(out, start + 1)
+
+    @staticmethod
+    def _call(stage: Operator, st: StageStats, packet: Packet) -> list[Packet]:
+        if isinstance(packet, End):
+            return [*stage.flush(), packet]
+        if isinstance(packet, Gap):
+            return stage.on_gap(packet)
+        if not stage.takes(packet):
+            return [packet]
+        st.packets_in += 1
+        if isinstance(packet, Tokens):
+            st.tokens_in += packet.num_tokens
+        elif isinstance(packet, VideoFrames):
+            st.frames_in += packet.num_frames
+        return stage.process(packet)
 
 
 def is_stream_output(packet: Packet) -> bool:
@@ -101,7 +109,8 @@ def count_output(result: InputResult, packet: Packet, meter: Any = None) -> None
         assert isinstance(packet, Tokens)
         result.tokens_out += packet.num_tokens
         if meter is not None:
-            meter.add_outputs(packet)
+            with torch_threads(1):  # small ops (Operator.threads)
+                meter.add_outputs(packet)
 
 
 def collect_reports(stages: Sequence[Operator]) -> dict[str, Any]:

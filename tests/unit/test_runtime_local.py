@@ -79,3 +79,60 @@ def test_stage_stats_count_tokens() -> None:
     runner = StageRunner([Tag(step_id="t")], InputResult(input="x", stream="s"))
     list(runner.push(tokens("video", 5)))
     assert runner.stats[0].tokens_in == 5 and runner.stats[0].packets_in == 1
+
+
+class Threads(Operator):
+    """Records torch's thread count in each call."""
+
+    def __init__(self, **kw):  # type: ignore[no-untyped-def]
+        super().__init__(**kw)
+        self.seen: list[int] = []
+
+    def process(self, packet: Packet) -> list[Packet]:
+        self.seen.append(torch.get_num_threads())
+        return [packet]
+
+
+class OneThread(Threads):
+    threads = 1
+
+
+def test_a_stage_computes_with_its_declared_threads_and_the_caller_keeps_its_own() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        light, other = OneThread(step_id="light"), Threads(step_id="other")
+        run([light, other], [tokens("video", 2), tokens("video", 1)])
+        assert light.seen == [1, 1]        # small ops: one thread
+        assert other.seen == [3, 3]        # threads None: the caller's setting, restored between stages
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_failing_stage_still_gives_the_threads_back() -> None:
+    class Fails(OneThread):
+        def process(self, packet: Packet) -> list[Packet]:
+            raise RuntimeError("boom")
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        try:
+            run([Fails(step_id="f")], [tokens("video", 1)])
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("the stage's error was swallowed")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_built_in_small_op_stages_run_on_one_thread() -> None:
+    from streamzip.registry import get as get_stage
+
+    for name in ("patch_encoder", "fbank_encoder", "framefusion", "atome", "vad", "window", "memory", "tome"):
+        assert get_stage(name).cls.threads == 1, name
+    for name in ("hf_encoder", "hf_audio_encoder", "function_encoder", "dpc_knn"):  # models; DPC-KNN runs its own pool of threads
+        assert get_stage(name).cls.threads is None, name
