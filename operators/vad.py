@@ -86,10 +86,9 @@ import numpy as np
 import torch
 
 from streamzip.config import Config
-from streamzip.encoders._audio import BlockResampler, audio_samples, is_contiguous
+from streamzip.encoders._audio import StretchStage
 from streamzip.errors import DependencyError, SnapshotError
-from streamzip.operator import Operator
-from streamzip.packets import AUDIO, AudioChunk, Gap, Packet
+from streamzip.packets import AudioChunk, Packet
 from streamzip.registry import register
 
 __all__ = ["Hangover", "VAD", "VADConfig", "smooth_decisions"]
@@ -397,14 +396,12 @@ class _SileroBackend:
 # -- the operator ------------------------------------------------------------------------------
 
 @register("vad")
-class VAD(Operator):
+class VAD(StretchStage):
     """Voice activity detection (webrtcvad or silero-vad): keeps speech, drops silence."""
 
     config_class = VADConfig
     config: VADConfig
     threads = 1  # small tensor ops (Operator.threads)
-    accepts = (AudioChunk,)
-    modalities = (AUDIO,)
 
     def __init__(self, config: VADConfig | None = None, **kw: Any) -> None:
         super().__init__(config, **kw)
@@ -415,15 +412,9 @@ class VAD(Operator):
         self._backend: _WebrtcBackend | _SileroBackend | None = None
         self._backend_rate_in = 0  # the input rate the backend was built for
         self._frame_s = 0.0
-        self._clear()
 
-    # -- a stretch of contiguous audio --------------------------------------------------------
-    def _clear(self) -> None:
-        self._rate: int | None = None
-        self._stream_name = self.stream
-        self._origin_s = 0.0
-        self._expected_s: float | None = None
-        self._resampler: BlockResampler | None = None
+    # -- a stretch of contiguous audio (StretchStage) ------------------------------------------
+    def _clear_own(self) -> None:
         self._vbuf = torch.zeros(0, dtype=torch.float32)  # decision-rate samples short of a frame
         self._audio = torch.zeros(0, dtype=torch.float32)  # input samples from `_audio_start` on
         self._audio_start = 0  # input sample index (in the stretch) of _audio[0]
@@ -431,7 +422,7 @@ class VAD(Operator):
         self._emitted = 0  # frames whose audio was emitted or dropped
         self._hang: Hangover | None = None
 
-    def _start(self, packet: AudioChunk) -> None:
+    def _begin(self, packet: AudioChunk) -> int:
         cfg = self.config
         rate = packet.sample_rate_hz
         if self._backend is None or self._backend_rate_in != rate:
@@ -445,12 +436,10 @@ class VAD(Operator):
             self._frame_s = frame_s
         else:
             self._backend.reset()
-        b = self._backend
-        self._rate, self._origin_s, self._stream_name = rate, float(packet.start_s), packet.stream
-        self._resampler = BlockResampler(rate, b.rate_hz) if b.rate_hz != rate else None
         self._hang = Hangover(min_speech=math.ceil(cfg.min_speech_ms / 1000 / self._frame_s - 1e-9),
                               padding=math.ceil(cfg.padding_ms / 1000 / self._frame_s - 1e-9),
                               min_silence=math.ceil(cfg.min_silence_ms / 1000 / self._frame_s - 1e-9))
+        return self._backend.rate_hz
 
     def _sample_of(self, frame: int) -> int:
         """The input sample (in the stretch) where ``frame`` starts."""
@@ -458,25 +447,17 @@ class VAD(Operator):
         return min(frame * self._backend.frame_len * self._rate // self._backend.rate_hz, self._total)
 
     # -- the stream ---------------------------------------------------------------------------
-    def process(self, packet: Packet) -> list[Packet]:
-        assert isinstance(packet, AudioChunk)
-        samples = audio_samples(packet, stage=self.step_id)
-        out: list[Packet] = []
-        if samples.numel() == 0:
-            return out
-        if packet.sample_rate_hz != self._rate or not is_contiguous(self._expected_s, packet.start_s,
-                                                                    packet.sample_rate_hz):
-            out.extend(self._end_stretch())
-            self._start(packet)
-        self._expected_s = float(packet.start_s) + samples.numel() / packet.sample_rate_hz
+    def _keep_input(self, samples: torch.Tensor) -> None:
         self._audio = torch.cat([self._audio, samples]) if self._audio.numel() else samples.clone()
         self._total += samples.numel()
-        x = self._resampler.push(samples) if self._resampler is not None else samples
-        self._decide(x, final=False)
-        out.extend(self._emit(final=False))
-        return out
+
+    def _feed(self, x: torch.Tensor, *, final: bool) -> list[Packet]:
+        self._decide(x, final=final)
+        return self._emit(final=final)
 
     def _decide(self, x: torch.Tensor, *, final: bool) -> None:
+        """Judge the whole frames of ``x`` (decision-rate samples); ``final``: the stretch ends, so a
+        partial frame is judged too and the smoothing closes."""
         assert self._backend is not None and self._hang is not None
         buf = torch.cat([self._vbuf, x]) if self._vbuf.numel() else x
         length = self._backend.frame_len
@@ -490,6 +471,8 @@ class VAD(Operator):
             decisions += self._backend.finish()
         for d in decisions:
             self._hang.push(d)
+        if final:
+            self._hang.finish()
         self._vbuf = buf[n * length:].clone()
 
     def _emit(self, *, final: bool) -> list[Packet]:
@@ -527,22 +510,6 @@ class VAD(Operator):
             assert self._rate is not None
             self.segments.append((self._origin_s + a / self._rate, self._origin_s + b / self._rate))
 
-    def _end_stretch(self) -> list[Packet]:
-        if self._rate is None or self._hang is None:
-            return []
-        tail = self._resampler.finish() if self._resampler is not None else torch.zeros(0)
-        self._decide(tail, final=True)
-        self._hang.finish()
-        out = self._emit(final=True)
-        self._clear()
-        return out
-
-    def flush(self) -> list[Packet]:
-        return self._end_stretch()
-
-    def on_gap(self, gap: Gap) -> list[Packet]:
-        return [*self._end_stretch(), gap]
-
     # -- segments -----------------------------------------------------------------------------
     def speech_segments(self) -> list[tuple[float, float]]:
         """Closed segments and the open ones known so far, ``(start_s, end_s)`` in stream time
@@ -568,11 +535,9 @@ class VAD(Operator):
     def state_dict(self) -> dict[str, Any]:
         return {
             "segments": torch.tensor(self.segments, dtype=torch.float64).reshape(-1, 2),
-            "speech_s": self.speech_s, "silence_s": self.silence_s,
-            "rate": self._rate, "stream_name": self._stream_name, "origin_s": self._origin_s,
-            "expected_s": self._expected_s, "vbuf": self._vbuf.clone(), "audio": self._audio.clone(),
+            "speech_s": self.speech_s, "silence_s": self.silence_s, **self._stretch_state(),
+            "vbuf": self._vbuf.clone(), "audio": self._audio.clone(),
             "audio_start": self._audio_start, "total": self._total, "emitted": self._emitted,
-            "resampler": self._resampler.state_dict() if self._resampler is not None else None,
             "hangover": self._hang.state_dict() if self._hang is not None else None,
             "backend": self._backend.state_dict() if self._backend is not None and self._rate is not None else None,
         }
@@ -580,17 +545,12 @@ class VAD(Operator):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.segments = [(float(a), float(b)) for a, b in state["segments"].tolist()]
         self.speech_s, self.silence_s = float(state["speech_s"]), float(state["silence_s"])
-        self._clear()
+        self._load_stretch_state(state)
         if state["rate"] is None:
             return
-        self._start(AudioChunk(stream=state["stream_name"], samples=torch.zeros(0),
-                               sample_rate_hz=int(state["rate"]), start_s=float(state["origin_s"])))
-        self._expected_s = None if state["expected_s"] is None else float(state["expected_s"])
         self._vbuf, self._audio = state["vbuf"].clone(), state["audio"].clone()
         self._audio_start, self._total = int(state["audio_start"]), int(state["total"])
         self._emitted = int(state["emitted"])
-        if self._resampler is not None and state["resampler"] is not None:
-            self._resampler.load_state_dict(state["resampler"])
         assert self._hang is not None and self._backend is not None
         self._hang.load_state_dict(state["hangover"])
         if state["backend"] is not None:

@@ -1,8 +1,8 @@
-"""Shared machinery of the audio stages: input checks, contiguity in stream time, and a streaming
-resampler whose output does not depend on how the audio was cut into chunks.
+"""Shared machinery of the audio stages: input checks, contiguity in stream time, a streaming
+resampler whose output does not depend on how the audio was cut into chunks, and the *stretch* of
+contiguous audio that these stages hold and close at a break, a gap or the end (:class:`StretchStage`).
 
-Used by the audio encoders (:class:`StretchEncoder`, their shared streaming) and by the VAD operator
-(``streamzip.operators.vad``).
+Used by the audio encoders (:class:`StretchEncoder`) and by the VAD operator (``streamzip.operators.vad``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from streamzip.operator import Operator
 from streamzip.packets import AUDIO, AudioChunk, Gap, Packet, Tokens
 from streamzip.tokens import with_fresh_assignment
 
-__all__ = ["STRETCH_RATE_HZ", "BlockResampler", "StretchEncoder", "audio_samples", "is_contiguous"]
+__all__ = ["STRETCH_RATE_HZ", "BlockResampler", "StretchEncoder", "StretchStage", "audio_samples", "is_contiguous"]
 
 #: the rate the audio encoders work at; other inputs are resampled to it.
 STRETCH_RATE_HZ = 16000
@@ -163,23 +163,22 @@ class BlockResampler:
         self._next = int(state["next"])  # type: ignore[call-overload]
 
 
-class StretchEncoder(Operator):
-    """Base of the streaming audio encoders (``fbank_encoder``, ``hf_audio_encoder``): the *stretch*.
+class StretchStage(Operator):
+    """Base of the streaming audio stages (``vad``, ``fbank_encoder``, ``hf_audio_encoder``): the *stretch*.
 
-    A stretch is a run of contiguous chunks at one sample rate, resampled to 16 kHz by one
-    :class:`BlockResampler`. A chunk that does not follow on, another rate, a gap or the end closes the
-    stretch (the resampler's tail, then :meth:`_feed` with ``final=True``). Subclasses keep their own
-    buffer and counters: they implement :meth:`_feed`, :meth:`_clear_own`, :meth:`_own_state` and
-    :meth:`_load_own_state`, and build their tokens with :meth:`_audio_tokens`.
+    A stretch is a run of contiguous chunks at one sample rate, resampled by one
+    :class:`BlockResampler` to the rate the stage works at. A chunk that does not follow on, another
+    rate, a gap or the end closes the stretch: the resampler's tail goes to :meth:`_feed` with
+    ``final=True``, and the stretch is forgotten. Subclasses implement :meth:`_begin` (ready a new
+    stretch, name its working rate), :meth:`_feed` and :meth:`_clear_own`, and :meth:`_keep_input`
+    when they need the input's own samples; their snapshots hold :meth:`_stretch_state`.
     """
 
     accepts = (AudioChunk,)
     modalities = (AUDIO,)
-    produces = (AUDIO,)
 
     def __init__(self, config: Any = None, **kw: Any) -> None:
         super().__init__(config, **kw)
-        self._next_id = 0
         self._clear()
 
     def _clear(self) -> None:
@@ -195,14 +194,15 @@ class StretchEncoder(Operator):
     def _clear_own(self) -> None:
         raise NotImplementedError
 
+    def _begin(self, packet: AudioChunk) -> int:
+        """Ready a stretch that starts with ``packet``; returns the rate (Hz) the stage works at."""
+        raise NotImplementedError
+
+    def _keep_input(self, samples: torch.Tensor) -> None:
+        """Take the ``(S,)`` samples of a chunk at its own rate, before resampling (by default the stage keeps none)."""
+
     def _feed(self, x: torch.Tensor, *, final: bool) -> list[Packet]:
-        """Take 16 kHz samples of the stretch; ``final``: the stretch ends, emit everything."""
-        raise NotImplementedError
-
-    def _own_state(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _load_own_state(self, state: dict[str, Any]) -> None:
+        """Take samples of the stretch at the working rate; ``final``: the stretch ends, emit everything."""
         raise NotImplementedError
 
     # -- the stream ---------------------------------------------------------------------------
@@ -215,25 +215,18 @@ class StretchEncoder(Operator):
         rate = packet.sample_rate_hz
         if rate != self._rate or not is_contiguous(self._expected_s, packet.start_s, rate):
             out.extend(self._end_stretch())
-            self._rate, self._origin_s, self._stream_name = rate, float(packet.start_s), packet.stream
-            self._resampler = BlockResampler(rate, STRETCH_RATE_HZ) if rate != STRETCH_RATE_HZ else None
+            self._open(packet)
         self._expected_s = float(packet.start_s) + samples.numel() / rate
+        self._keep_input(samples)
         x = self._resampler.push(samples) if self._resampler is not None else samples
         out.extend(self._feed(x, final=False))
         return out
 
-    def _audio_tokens(self, data: torch.Tensor, start_s: torch.Tensor, end_s: torch.Tensor,
-                      meta: dict[str, Any]) -> Tokens:
-        """Audio tokens covering ``[start_s, end_s)`` seconds from the stretch's start, with fresh ids."""
-        n = data.shape[0]
-        tokens = Tokens(
-            stream=self._stream_name, modality=AUDIO, data=data,
-            t0=self._origin_s + start_s, t1=self._origin_s + end_s,
-            pos=torch.full((n, 2), -1, dtype=torch.int32), size=torch.ones(n, dtype=torch.int64), meta=meta,
-        )
-        with_fresh_assignment(tokens, self._next_id)
-        self._next_id += n
-        return tokens
+    def _open(self, packet: AudioChunk) -> None:
+        work_rate = self._begin(packet)
+        rate = packet.sample_rate_hz
+        self._rate, self._origin_s, self._stream_name = rate, float(packet.start_s), packet.stream
+        self._resampler = BlockResampler(rate, work_rate) if rate != work_rate else None
 
     def _end_stretch(self) -> list[Packet]:
         if self._rate is None:
@@ -250,23 +243,68 @@ class StretchEncoder(Operator):
         return [*self._end_stretch(), gap]
 
     # -- snapshots ----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def _stretch_state(self) -> dict[str, Any]:
         return {
-            "next_id": self._next_id, "rate": self._rate, "origin_s": self._origin_s,
-            "expected_s": self._expected_s, "stream_name": self._stream_name,
+            "rate": self._rate, "origin_s": self._origin_s, "expected_s": self._expected_s,
+            "stream_name": self._stream_name,
             "resampler": self._resampler.state_dict() if self._resampler is not None else None,
-            **self._own_state(),
         }
+
+    def _load_stretch_state(self, state: dict[str, Any]) -> None:
+        """Reopen the stretch of a :meth:`_stretch_state` (through :meth:`_begin`); the subclass then
+        loads its own state."""
+        self._clear()
+        self._stream_name = str(state["stream_name"])
+        if state["rate"] is None:
+            return
+        self._open(AudioChunk(stream=self._stream_name, samples=torch.zeros(0), sample_rate_hz=int(state["rate"]),
+                              start_s=float(state["origin_s"])))
+        self._expected_s = None if state["expected_s"] is None else float(state["expected_s"])
+        if self._resampler is not None and state["resampler"] is not None:
+            self._resampler.load_state_dict(state["resampler"])
+
+
+class StretchEncoder(StretchStage):
+    """Base of the streaming audio encoders (``fbank_encoder``, ``hf_audio_encoder``): stretches
+    (:class:`StretchStage`) at 16 kHz, turned into audio tokens with fresh ids.
+
+    Subclasses keep their own buffer and counters: they implement :meth:`_feed`, :meth:`_clear_own`,
+    :meth:`_own_state` and :meth:`_load_own_state`, and build their tokens with :meth:`_audio_tokens`.
+    """
+
+    produces = (AUDIO,)
+
+    def __init__(self, config: Any = None, **kw: Any) -> None:
+        super().__init__(config, **kw)
+        self._next_id = 0
+
+    def _begin(self, packet: AudioChunk) -> int:
+        return STRETCH_RATE_HZ
+
+    def _own_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _load_own_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _audio_tokens(self, data: torch.Tensor, start_s: torch.Tensor, end_s: torch.Tensor,
+                      meta: dict[str, Any]) -> Tokens:
+        """Audio tokens covering ``[start_s, end_s)`` seconds from the stretch's start, with fresh ids."""
+        n = data.shape[0]
+        tokens = Tokens(
+            stream=self._stream_name, modality=AUDIO, data=data,
+            t0=self._origin_s + start_s, t1=self._origin_s + end_s,
+            pos=torch.full((n, 2), -1, dtype=torch.int32), size=torch.ones(n, dtype=torch.int64), meta=meta,
+        )
+        with_fresh_assignment(tokens, self._next_id)
+        self._next_id += n
+        return tokens
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_id": self._next_id, **self._stretch_state(), **self._own_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._next_id = int(state["next_id"])
-        self._rate = None if state["rate"] is None else int(state["rate"])
-        self._origin_s = float(state["origin_s"])
-        self._expected_s = None if state["expected_s"] is None else float(state["expected_s"])
-        self._stream_name = str(state["stream_name"])
-        self._resampler = None
-        if self._rate is not None and self._rate != STRETCH_RATE_HZ:
-            self._resampler = BlockResampler(self._rate, STRETCH_RATE_HZ)
-            if state["resampler"] is not None:
-                self._resampler.load_state_dict(state["resampler"])
+        self._load_stretch_state(state)
         self._load_own_state(state)
