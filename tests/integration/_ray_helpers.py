@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +17,18 @@ from streamzip.runtime.ray import init_ray
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_started():  # type: ignore[no-untyped-def]
-    init_ray(num_cpus=2)
+    # Ray's workers import this folder's helper modules by name (a test-only stage, which a stage
+    # actor finds in the registry only once its module is imported there): they inherit the path
+    # from the environment Ray starts in.
+    here, saved = str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([here, *([saved] if saved else [])])
+    try:
+        init_ray(num_cpus=2)
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
     yield
     ray.shutdown()
 

@@ -21,7 +21,16 @@ from streamzip.packets import Tokens
 from streamzip.pipeline import Pipeline, load_pipeline
 from streamzip.pipelines import builtin_names
 from streamzip.runtime.local import LocalRuntime
-from streamzip.runtime.ray import RayRuntime, StageActor, _check_reachable, _lost, _store, _Stored, stage_groups
+from streamzip.runtime.ray import (
+    STORE_BYTES,
+    RayRuntime,
+    StageActor,
+    _check_reachable,
+    _lost,
+    _store,
+    _Stored,
+    stage_groups,
+)
 
 
 @pytest.mark.parametrize("name", builtin_names())
@@ -123,6 +132,79 @@ def test_big_packets_skip_the_actors_that_do_not_take_them() -> None:
             ray.kill(a)
     # A packet lost with the actor that stored it is a lost actor: the chain restores and replays.
     assert _lost(ray.exceptions.OwnerDiedError("00" * 28, "", ""))
+
+
+@pytest.fixture
+def ray_gate():  # type: ignore[no-untyped-def]
+    """The test-only ``_test_gate`` stage (``_ray_gate.py``), registered for one test: the registry
+    the other tests see stays the package's own."""
+    import _ray_gate
+
+    from streamzip import registry
+
+    yield _ray_gate
+    registry._REGISTRY.pop("_test_gate", None)
+    sys.modules.pop("_ray_gate", None)  # imported again, it registers again
+
+
+def test_a_stored_packet_lost_with_its_owner_is_replayed_and_the_run_ends_identical(monkeypatch, ray_gate) -> None:  # type: ignore[no-untyped-def]
+    """The encoder actor stores its big token packets in Ray's store (it owns them) and is killed
+    after storing two that the next actor has not fetched yet: Ray loses them with their owner, the
+    next actor's fetch fails with ``OwnerDiedError``, and the chain restores from its last cut and
+    replays, ending with the tokens of an undisturbed run."""
+    from streamzip.runtime._ray_chain import _Chain
+
+    src = "lavfi:testsrc2=s=64x64:r=4:d=4"  # 16 frames, one per packet, no audio
+
+    def pipeline(latch: str) -> Pipeline:
+        # The gate holds its actor at the frame of 1 s (source packet 4) until the test opens the latch.
+        return (Pipeline("lost", decode={"fps": 4, "width": 64, "height": 64, "batch_frames": 1})
+                .encode_with(ray_gate.encode_big).add("_test_gate", latch=latch, from_s=0.9))
+
+    lrt = LocalRuntime()
+    local = tokens_of(lrt.run(pipeline(""), [src]))
+    assert len(local) == 16 and local[0].data.nbytes >= STORE_BYTES  # every packet is stored
+
+    causes: list[BaseException | None] = []
+    recover = _Chain._recover
+
+    def spy(chain: _Chain) -> None:  # called in the except block that caught the failed batch
+        causes.append(sys.exc_info()[1])
+        recover(chain)
+
+    monkeypatch.setattr(_Chain, "_recover", spy)
+    name = f"latch-{os.getpid()}"
+    latch = ray_gate.Latch.options(name=name).remote()  # type: ignore[attr-defined]
+    killed: list[int] = []
+
+    def lose_stored_packets(seq: int, actors: list[object]) -> None:
+        if seq != 6 or killed:
+            return
+        # The gate's actor holds source packet 4 (fetched: the gate is running on it); packets 5
+        # and 6 wait behind it in that actor's queue as handles, not fetched.
+        assert ray.get(latch.arrived.remote(), timeout=120) == 1.0
+        # Calls from one caller run in order: the encoder has stored packets 5 and 6 once it answers.
+        ray.get(actors[0].ping.remote(), timeout=120)  # type: ignore[attr-defined]
+        kill_and_wait(actors[0])  # their owner is gone: Ray has lost them
+        ray.get(latch.open.remote())
+        killed.append(seq)
+
+    rt = RayRuntime(on_packet=lose_stored_packets, batch_packets=1, snapshot_every=2, max_inflight=4)
+    try:
+        remote = tokens_of(rt.run(pipeline(name), [src]))
+    finally:
+        rt.shutdown()
+        ray.kill(latch)
+    assert killed == [6]
+    # One recovery, for the lost packet: the gate's fetch of packet 5 found its owner dead.
+    assert len(causes) == 1
+    cause = causes[0] if isinstance(causes[0], ray.exceptions.ObjectLostError) else getattr(causes[0], "cause", None)
+    assert isinstance(cause, ray.exceptions.OwnerDiedError), causes
+    result = rt.results[0]
+    assert result.restarts == 1 and [st.restarts for st in result.stages] == [1, 0]
+    assert_same(local, remote)
+    assert result.fidelity == pytest.approx(lrt.results[0].fidelity, abs=1e-6)
+    assert result.tokens_in == lrt.results[0].tokens_in
 
 
 class _FakeActor:
