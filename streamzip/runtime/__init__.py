@@ -1,7 +1,8 @@
 """Runtimes run a :class:`~streamzip.pipeline.Pipeline` over inputs.
 
 - ``local``: in-process; the reference semantics.
-- ``ray``: stages as Ray actors (:mod:`streamzip.runtime.ray`, the only module that imports Ray).
+- ``ray``: stages as Ray actors (:mod:`streamzip.runtime.ray`, with its actor side in ``_ray_actor`` and
+  its per-stream driver side in ``_ray_chain``: the only runtime modules that import Ray).
 """
 
 from __future__ import annotations
