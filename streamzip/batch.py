@@ -209,7 +209,7 @@ def probe_duration_s(path: str) -> float | None:
     what is not media (its task then reports why)."""
     if path.startswith("lavfi:") or not os.path.isfile(path):
         return None
-    import av
+    from streamzip._av import av
 
     try:
         with av.open(path, metadata_errors="ignore") as container:

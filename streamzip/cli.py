@@ -264,9 +264,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
-    import av
     import torch
 
+    from streamzip._av import av
     from streamzip.output import versions
     from streamzip.registry import available
 

@@ -42,9 +42,9 @@ _MAX_NAME = 120
 
 def versions() -> dict[str, str]:
     """Versions of streamzip and the libraries that shape its output."""
-    import av
     import numpy
 
+    from streamzip._av import av
     from streamzip._version import __version__
 
     out = {"streamzip": __version__, "torch": torch.__version__, "av": av.__version__,

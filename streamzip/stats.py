@@ -1,11 +1,25 @@
-"""Counters of a run: per stage and per input, for progress bars, summaries and metrics."""
+"""Counters of a run: per source, per stage and per input, for progress bars, summaries and metrics."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["InputResult", "StageStats"]
+__all__ = ["InputResult", "SourceStats", "StageStats"]
+
+
+@dataclass
+class SourceStats:
+    """What the source saw; the run summary shows it."""
+
+    frames_decoded: int = 0
+    frames_sampled: int = 0
+    audio_samples: int = 0
+    corrupt_packets: int = 0
+    pts_fixed: int = 0
+    truncated: bool = False
+    duration_s: float = 0.0
+    streams: list[str] = field(default_factory=list)
 
 
 @dataclass

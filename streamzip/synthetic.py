@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-import av
 import numpy as np
+
+from streamzip._av import av
 
 __all__ = ["ClipInfo", "Scene", "make_clip", "speech_like"]
 

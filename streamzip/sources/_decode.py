@@ -15,31 +15,15 @@ clock (reconnects, re-based pts) in its place; everything after the time is the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
-import av
-import av.error
 import numpy as np
 import torch
-from av.video.reformatter import VideoReformatter
 
+from streamzip._av import VideoReformatter, av
 from streamzip.packets import AudioChunk, Packet, VideoFrames
+from streamzip.stats import SourceStats
 
 __all__ = ["AudioCollector", "SourceStats", "VideoSampler"]
-
-
-@dataclass
-class SourceStats:
-    """What the source saw; the run summary shows it."""
-
-    frames_decoded: int = 0
-    frames_sampled: int = 0
-    audio_samples: int = 0
-    corrupt_packets: int = 0
-    pts_fixed: int = 0
-    truncated: bool = False
-    duration_s: float = 0.0
-    streams: list[str] = field(default_factory=list)
 
 
 def decode_packet(packet: av.Packet, stats: SourceStats) -> list[av.frame.Frame]:

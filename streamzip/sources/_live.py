@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamzip.sources._decode import SourceStats
+from streamzip.stats import SourceStats
 
 __all__ = ["LiveStats", "SourceEvent", "WallClock"]
 

@@ -10,6 +10,9 @@ Times are seconds from the container's start, taken from pts (missing pts are es
 previous frame, pts that go backwards are clamped and counted), so audio and video share one clock.
 ``lavfi:GRAPH`` inputs open FFmpeg's synthetic sources (``lavfi:testsrc2=size=320x240:rate=25:duration=5``,
 several outputs with ``[out0]``/``[out1]`` labels).
+
+PyAV is imported when an input is opened, not with this module (which ``import streamzip`` loads):
+without it, opening an input is a :class:`~streamzip.errors.DependencyError` that names the fix.
 """
 
 from __future__ import annotations
@@ -17,16 +20,18 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
-
-import av
-import av.error
+from typing import TYPE_CHECKING, Literal
 
 from streamzip.config import Config
 from streamzip.errors import CorruptMediaError, InputNotFoundError, NoStreamError, NotMediaError
 from streamzip.packets import End, Packet
-from streamzip.sources._decode import AudioCollector, SourceStats, VideoSampler
 from streamzip.sources._names import display_name
+from streamzip.stats import SourceStats
+
+if TYPE_CHECKING:
+    import av
+
+    from streamzip.sources._decode import AudioCollector, VideoSampler
 
 __all__ = ["DecodeConfig", "FileSource", "SourceStats"]
 
@@ -102,6 +107,8 @@ class FileSource:
 
     # -- opening ------------------------------------------------------------------------------
     def _open(self) -> av.container.InputContainer:
+        from streamzip._av import av
+
         path = self.path
         if path.startswith(LAVFI_PREFIX):
             try:
@@ -158,6 +165,9 @@ class FileSource:
             container.close()
 
     def _decode(self, container: av.container.InputContainer) -> Iterator[Packet]:
+        from streamzip._av import av
+        from streamzip.sources._decode import AudioCollector, VideoSampler
+
         cfg = self.config
         vstream, astream = self._pick_streams(container)
         self.stats.streams = [s.type for s in (vstream, astream) if s is not None]

@@ -36,10 +36,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import av
-import av.error
 import numpy as np
 
+from streamzip._av import av
 from streamzip.config import Config
 from streamzip.errors import DependencyError, InputError
 from streamzip.packets import End, Gap, Packet

@@ -48,9 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import av
-import av.error
-
+from streamzip._av import av
 from streamzip.config import Config
 from streamzip.errors import InputError, NoStreamError, StreamzipError
 from streamzip.packets import AUDIO, VIDEO, End, Gap, Packet
