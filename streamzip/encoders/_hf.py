@@ -71,7 +71,8 @@ def _where(model: str, stage: str) -> tuple[str, bool]:
                          fix="give the folder holding config.json and the safetensors weights")
     if _looks_like_path(model):
         raise ModelError(f"model folder {model!r} does not exist", stage=stage,
-                         fix="check the path, or give a Hugging Face id such as google/siglip-base-patch16-224")
+                         fix="check the path, or give a Hugging Face id such as google/siglip-base-patch16-224 "
+                             "(video) or openai/whisper-base (audio)")
     return model, False
 
 
