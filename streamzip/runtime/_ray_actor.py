@@ -121,7 +121,8 @@ class StageActor:
         self.parked: dict[str, dict[str, Any]] = {}  # shared: the other streams' snapshots
         self.runners: dict[str, StageRunner] = {}  # per stream: its counters (and the operators)
         self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
-        self.counted: set[str] = set()  # streams whose counters include this process's restart
+        self.worker = ray.get_runtime_context().get_worker_id()  # this process, named in its snapshots
+        self.counted: set[str] = set()  # streams whose restart metric counts this process already
         self.ends: set[str] = set()  # streams whose chain this actor ends
         self._metrics: dict[str, Any] | None = None
 
@@ -234,7 +235,8 @@ class StageActor:
             raise self._lost(key)
         states = [s.snapshot() for s in self.stages] if self.loaded == key else [self.parked[key]]
         # The meter goes with the cut (Ray serialises the reply now), so a replay counts nothing twice.
-        return {"stages": wire(states), "stats": [st.to_dict() for st in runner.stats], "meter": runner.meter}
+        return {"stages": wire(states), "stats": [st.to_dict() for st in runner.stats], "meter": runner.meter,
+                "worker": self.worker}
 
     def restore(self, key: str, snap: dict[str, Any] | None, stream: str, input_name: str,
                 meter: bool = False, last: bool = False) -> None:
@@ -250,12 +252,15 @@ class StageActor:
             for st, saved in zip(runner.stats, snap["stats"]):
                 for k, v in saved.items():
                     setattr(st, k, v)
-        if self.restarted and key not in self.counted:
-            # Count this process's restart once per stream, on top of the restored counters.
-            self.counted.add(key)
+        if self.restarted and (snap is None or snap["worker"] != self.worker):
+            # This process's restart, on top of the restored counters unless they hold it already (a
+            # cut taken in this process): added at each restore from an older cut, as when a death
+            # cut the chain's restore short and it restores this actor again; the metric counts once.
             for st in runner.stats:
                 st.restarts += 1
-                self._metric()["restarts"].inc(tags={"stage": st.step_id, "stream": stream})
+                if key not in self.counted:
+                    self._metric()["restarts"].inc(tags={"stage": st.step_id, "stream": stream})
+            self.counted.add(key)
 
     def summary(self, key: str) -> dict[str, Any]:
         """The stream's counters and reports of the group's stages, after its last packet; then the

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from streamzip.runtime.ray import RayRuntime
 
 _DRIVER_METRICS: dict[str, Any] = {}
+#: recoveries in a row that an actor lost during the restore may start over before the run fails:
+#: a plain second fault is survived, an actor that dies at every restore is an error, not a loop.
+RESTORE_ATTEMPTS = 3
 
 
 def _driver_metrics() -> dict[str, Any]:
@@ -192,9 +195,40 @@ class _Chain:
 
     def _recover(self) -> None:
         """An actor died or lost the stream's state: wait for the restart, restore every actor of the
-        chain from the committed cut, replay."""
-        self.result.restarts += 1
-        _driver_metrics()["recoveries"].inc(tags={"stream": self.result.stream})
+        chain from the committed cut, replay. An actor lost while the chain restores (another death,
+        or the same actor again) starts the recovery over, a recovery of its own in the counts, up to
+        :data:`RESTORE_ATTEMPTS` in a row."""
+        for attempt in range(1, RESTORE_ATTEMPTS + 1):
+            self.result.restarts += 1
+            _driver_metrics()["recoveries"].inc(tags={"stream": self.result.stream})
+            try:
+                self._restore()
+                break
+            except ray.exceptions.RayError as err:
+                if not _lost(err):
+                    raise
+                if attempt == RESTORE_ATTEMPTS:
+                    raise BackendError(
+                        f"a stage actor did not come back after a crash: the chain lost an actor again in "
+                        f"each of {RESTORE_ATTEMPTS} restores in a row ({err})",
+                        input=self.result.input, stage="runtime",
+                        fix="check the Ray logs for why the worker keeps dying") from err
+        self.inflight.clear()
+        self.cuts.clear()
+        # Live queries set after the cut are not in the restored state: each goes in again right before
+        # the packet it first applied to, so the replay weights every packet as the first run did.
+        cut = self.committed[0] if self.committed is not None else -1
+        events = [(s, q) for s, q in list(self.query_events) if s > cut]
+        for seq, ref, kinds in list(self.replay):
+            while events and events[0][0] <= seq:
+                self.send_query(events.pop(0)[1])
+            self._send(seq, ref, kinds)
+        for _, q in events:
+            self.send_query(q)
+
+    def _restore(self) -> None:
+        """Wait for the chain to settle and every actor to answer, then restore them all from the
+        committed cut (a fresh state if there is none). Raises what a restore call raised."""
         pending = [r for _, r in self.inflight] + [r for _, refs in self.cuts for r in refs]
         if pending:
             ray.wait(pending, num_returns=len(pending), timeout=self.rt.restart_timeout_s)
@@ -213,18 +247,6 @@ class _Chain:
         snap_refs = self.committed[1] if self.committed is not None else [None] * len(self.actors)
         ray.get([a.restore.remote(self.key, s, self.result.stream, self.result.input, *role)
                  for a, s, role in zip(self.actors, snap_refs, self.roles)])
-        self.inflight.clear()
-        self.cuts.clear()
-        # Live queries set after the cut are not in the restored state: each goes in again right before
-        # the packet it first applied to, so the replay weights every packet as the first run did.
-        cut = self.committed[0] if self.committed is not None else -1
-        events = [(s, q) for s, q in list(self.query_events) if s > cut]
-        for seq, ref, kinds in list(self.replay):
-            while events and events[0][0] <= seq:
-                self.send_query(events.pop(0)[1])
-            self._send(seq, ref, kinds)
-        for _, q in events:
-            self.send_query(q)
 
     def finish(self) -> None:
         """The stages' counters and reports, after the last packet. A pool actor that restarted for

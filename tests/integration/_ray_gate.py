@@ -1,5 +1,6 @@
-"""A test-only stage that holds a Ray stage actor at a chosen packet until the test lets it go, and an
-encoder whose every packet is big enough to be stored (:data:`~streamzip.runtime.ray.STORE_BYTES`).
+"""A test-only stage that holds a Ray stage actor at a chosen packet, or in its restore, until the test
+lets it go (or dies in every restore), and an encoder whose every packet is big enough to be stored
+(:data:`~streamzip.runtime.ray.STORE_BYTES`).
 
 Imported lazily by the tests that use it, so that ``_test_gate`` is registered only while they run.
 The stage actors import this module too: the encoder function travels to them by reference (in the
@@ -9,7 +10,9 @@ runtime's ``fns``), and unpickling it registers the stage there before the actor
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 import torch
@@ -33,21 +36,31 @@ def encode_big(frames: torch.Tensor) -> torch.Tensor:
 @ray.remote(num_cpus=0)
 class Latch:
     """A gate the stage waits at (:meth:`wait`) until the test opens it; :meth:`arrived` tells the test
-    that the stage is waiting, with the time of the packet it holds."""
+    that the stage is waiting, with the time of the packet it holds; :meth:`arrivals` waits for the
+    ``n``-th wait (a restarted process waits again)."""
 
     def __init__(self) -> None:
         self.opened, self.reached = asyncio.Event(), asyncio.Event()
         self.held_s: float | None = None
+        self.count, self.counted = 0, asyncio.Condition()
 
     async def wait(self, t_s: float) -> None:
         if not self.reached.is_set():
             self.held_s = t_s
             self.reached.set()
+        async with self.counted:
+            self.count += 1
+            self.counted.notify_all()
         await self.opened.wait()
 
     async def arrived(self) -> float | None:
         await self.reached.wait()
         return self.held_s
+
+    async def arrivals(self, n: int) -> int:
+        async with self.counted:
+            await self.counted.wait_for(lambda: self.count >= n)
+        return self.count
 
     def open(self) -> None:
         self.opened.set()
@@ -59,11 +72,16 @@ class GateConfig(Config):
     latch: str = ""
     # Wait at the first video packet from this stream time on (and at every later one until opened).
     from_s: float = 0.0
+    # The named Latch actor every restore (``load_state_dict``) waits at; empty: restores do not wait.
+    restore_latch: str = ""
+    # Every restore kills the actor's process, as a crash at each restore would (an empty state counts).
+    die_on_restore: bool = False
 
 
 @register("_test_gate")
 class Gate(Operator):
-    """Passes video tokens on unchanged; with a ``latch``, first waits until the latch is open."""
+    """Passes video tokens on unchanged; with a ``latch``, first waits until the latch is open. Its
+    state is empty: a restore only waits (``restore_latch``) or dies (``die_on_restore``)."""
 
     config_class = GateConfig
     config: GateConfig
@@ -75,3 +93,10 @@ class Gate(Operator):
         if self.config.latch and t_s >= self.config.from_s:
             ray.get(ray.get_actor(self.config.latch).wait.remote(t_s))
         return [packet]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.config.die_on_restore:
+            os._exit(1)
+        if self.config.restore_latch:
+            ray.get(ray.get_actor(self.config.restore_latch).wait.remote(-1.0))
+        super().load_state_dict(state)

@@ -8,6 +8,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import ray
@@ -205,6 +208,78 @@ def test_a_stored_packet_lost_with_its_owner_is_replayed_and_the_run_ends_identi
     assert_same(local, remote)
     assert result.fidelity == pytest.approx(lrt.results[0].fidelity, abs=1e-6)
     assert result.tokens_in == lrt.results[0].tokens_in
+
+
+def _kill_after_a_cut(rt: RayRuntime, victim: int, killed: list[list[Any]]) -> Callable[[int, list[Any]], None]:
+    """An ``on_packet`` hook that kills the stream's actor of step ``victim`` once, at the first packet
+    after the chain has committed a cut (so that its recovery restores the stages from a snapshot, and
+    calls their ``load_state_dict``); ``killed`` gets the stream's actors per step."""
+
+    def hook(seq: int, actors: list[Any]) -> None:
+        (chain,) = rt._running
+        if not killed and chain.committed is not None:
+            kill_and_wait(actors[victim])
+            killed.append(actors)
+
+    return hook
+
+
+def _restoring_gate(ray_gate, **gate: object) -> Pipeline:  # type: ignore[no-untyped-def]
+    return (Pipeline("refault", decode={"fps": 4, "width": 64, "height": 64, "batch_frames": 1})
+            .encode_with(ray_gate.encode_big).add("_test_gate", **gate))
+
+
+def test_an_actor_lost_while_the_chain_restores_starts_the_recovery_over(ray_gate) -> None:  # type: ignore[no-untyped-def]
+    """The encoder is killed mid-run; while the chain restores, the gate's restore waits at a latch and
+    the test kills the gate too. That restore fails with the gate's death: the recovery starts over,
+    a second one, and the run ends with the tokens of an undisturbed run."""
+    src = "lavfi:testsrc2=s=64x64:r=4:d=4"  # 16 frames, one per packet
+    lrt = LocalRuntime()
+    local = tokens_of(lrt.run(_restoring_gate(ray_gate), [src]))
+    name = f"restore-latch-{os.getpid()}"
+    latch = ray_gate.Latch.options(name=name).remote()
+    killed: list[list[Any]] = []
+    rt = RayRuntime(batch_packets=1, snapshot_every=2, max_inflight=4)
+    rt.on_packet = _kill_after_a_cut(rt, 0, killed)
+
+    def kill_the_gate_while_it_restores() -> None:
+        ray.get(latch.arrivals.remote(1), timeout=120)  # the first recovery: the gate waits in its restore
+        ray.kill(killed[0][1], no_restart=False)
+        # Its restarted process waits there again: the second recovery, which the latch lets through.
+        assert ray.get(latch.arrivals.remote(2), timeout=120) == 2
+        ray.get(latch.open.remote())
+
+    with ThreadPoolExecutor(1) as pool:
+        killer = pool.submit(kill_the_gate_while_it_restores)
+        try:
+            remote = tokens_of(rt.run(_restoring_gate(ray_gate, restore_latch=name), [src]))
+        finally:
+            rt.shutdown()
+            ray.kill(latch)  # a waiting killer fails rather than hangs
+        killer.result()
+    result = rt.results[0]
+    # Two recoveries; each stage counts its actor's restart once (the encoder, restored twice, too).
+    assert result.restarts == 2 and [st.restarts for st in result.stages] == [1, 1]
+    assert_same(local, remote)
+    assert result.fidelity == pytest.approx(lrt.results[0].fidelity, abs=1e-6)
+    assert result.tokens_in == lrt.results[0].tokens_in
+
+
+def test_an_actor_that_dies_at_every_restore_is_a_clear_error(ray_gate) -> None:  # type: ignore[no-untyped-def]
+    """The gate is killed mid-run and its process dies again in each restore: the chain starts the
+    recovery over a bounded number of times, then fails with a clear error, not a loop."""
+    from streamzip.runtime._ray_chain import RESTORE_ATTEMPTS
+
+    killed: list[list[Any]] = []
+    rt = RayRuntime(batch_packets=1, snapshot_every=2, max_inflight=4)
+    rt.on_packet = _kill_after_a_cut(rt, 1, killed)
+    try:
+        with pytest.raises(BackendError, match="did not come back after a crash") as err:
+            list(rt.run(_restoring_gate(ray_gate, die_on_restore=True), ["lavfi:testsrc2=s=64x64:r=4:d=4"]))
+    finally:
+        rt.shutdown()
+    assert killed and rt.results[0].restarts == RESTORE_ATTEMPTS
+    assert f"each of {RESTORE_ATTEMPTS} restores" in str(err.value) and "Fix:" in str(err.value)
 
 
 class _FakeActor:
