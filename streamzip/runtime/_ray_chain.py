@@ -253,13 +253,18 @@ class _Chain:
         another stream's sake since this stream's last call has lost its state: restore and replay
         (nothing new comes out), then ask again."""
         self._started()
-        for attempt in range(3):
+        for attempt in range(RESTORE_ATTEMPTS):
             try:
                 self._collect()
                 return
             except ray.exceptions.RayError as err:
-                if not _lost(err) or attempt == 2:
+                if not _lost(err):
                     raise
+                if attempt == RESTORE_ATTEMPTS - 1:
+                    raise BackendError(f"the stages lost the stream's state again in each of {RESTORE_ATTEMPTS} "
+                                       f"tries to collect its summary ({err})", input=self.result.input,
+                                       stage="runtime", fix="check the Ray logs for why the workers keep "
+                                                            "dying (memory, a crash in native code)") from err
                 self._recover()
                 while self.inflight:
                     for _ in self.complete_oldest():

@@ -48,7 +48,9 @@ keeps every stage's input in stream order.
   state of every stream it served: each of those streams finds out at its next call (the actor
   answers :class:`StreamStateLost`) and recovers the same way, independently. The stored packets a
   dead actor had put and no one had fetched yet are lost with it (Ray's ``OwnerDiedError``, an
-  ``ObjectLostError``): the actor that fetches one fails, and the stream recovers the same way.
+  ``ObjectLostError``): the actor that fetches one fails, and the stream recovers the same way. An
+  actor lost while the chain is being restored starts the recovery over, up to ``RESTORE_ATTEMPTS``
+  in a row; then the run fails with a :class:`~streamzip.errors.BackendError`, never a loop.
   Stages are deterministic and restore exactly, so the run ends with the same tokens as an
   undisturbed one: no window missing, none duplicated (the webrtc VAD included: its decisions depend
   only on the last few seconds of audio, which its snapshot holds; ``docs/reliability.md``).
