@@ -303,6 +303,7 @@ class RayRuntime:
         self.on_packet = on_packet
         self.results: list[InputResult] = []
         self._lock = threading.Lock()
+        self._placing = threading.Lock()  # one stream's new actors placed at a time (_checkout)
         self._spec: dict[str, Any] | None = None
         self._fns: dict[int, Any] = {}
         self._res: list[dict[str, float]] = []  # per group: what its actor asks of Ray
@@ -364,7 +365,9 @@ class RayRuntime:
     def _options(self, group: int, scale: float) -> tuple[dict[str, Any], int]:
         """Ray options of the actors of step group ``group``, and the torch threads they may use."""
         res = self._res[group]
-        opts: dict[str, Any] = {"num_cpus": max(0.001, round(res["num_cpus"] * scale, 4))}
+        # A share under Ray's resolution is 0: such an actor is placed even on a full node (the OS
+        # shares the cores; on embedded Ray a CPU request is only a scheduling share).
+        opts: dict[str, Any] = {"num_cpus": round(res["num_cpus"] * scale, 4)}
         if res.get("num_gpus"):
             opts["num_gpus"] = res["num_gpus"]
         if res.get("memory_mb"):
@@ -380,22 +383,25 @@ class RayRuntime:
                 mine = self._free.pop()
                 self._busy += 1
                 return mine, pools
-            scale = self._first_scale if not self._made else self._cpu_scale(self._stream_cpus())
-            actors = {}
-            for g, steps in enumerate(self._groups):
-                if g not in pools:
-                    opts, threads = self._options(g, scale)
-                    actors[g] = StageActor.options(**opts).remote(  # type: ignore[attr-defined]
-                        self._spec, self._fns, steps, threads)
-            mine = _StreamActors(actors, self._generation)
-            self._made.append(mine)
             self._busy += 1
-            # Wait until they are placed, so the next stream's share is computed from what is left.
+        # New actors, one stream at a time: each waits until its actors are placed, so the next
+        # stream's share is computed from what is left. Streams that finish meanwhile check in freely.
+        with self._placing:
+            with self._lock:
+                scale = self._first_scale if not self._made else self._cpu_scale(self._stream_cpus())
+                actors = {}
+                for g, steps in enumerate(self._groups):
+                    if g not in pools:
+                        opts, threads = self._options(g, scale)
+                        actors[g] = StageActor.options(**opts).remote(  # type: ignore[attr-defined]
+                            self._spec, self._fns, steps, threads)
+                mine = _StreamActors(actors, self._generation)
+                self._made.append(mine)
             try:
                 ray.get([a.ping.remote() for a in actors.values()], timeout=self.restart_timeout_s * 2)
             except ray.exceptions.GetTimeoutError:
                 pass  # reported, with what Ray has free, when the stream resets its actors
-            return mine, pools
+        return mine, pools
 
     def _checkin(self, mine: _StreamActors) -> None:
         with self._lock:
@@ -411,8 +417,9 @@ class RayRuntime:
         requests stand (the autoscaler adds nodes)."""
         if self.address:
             return 1.0
-        # What is free now (other streams' chains may hold some), with a little headroom.
-        have = max(0.02, float(ray.available_resources().get("CPU", 0.0)) - 0.05)
+        # What is free now (other streams' chains may hold some), with a little headroom. Nothing left:
+        # 0, actors that ask for no CPU (a floor above what is free would leave them unplaceable).
+        have = max(0.0, float(ray.available_resources().get("CPU", 0.0)) - 0.05)
         return min(1.0, have / wanted) if wanted > 0 else 1.0
 
     def pool_actors(self) -> dict[str, list[Any]]:

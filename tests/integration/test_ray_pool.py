@@ -151,6 +151,36 @@ def test_the_pool_has_the_configured_size_whatever_the_streams_and_runtimes(clip
         alone.shutdown()
 
 
+def test_more_streams_at_once_than_the_cpu_shares_fit_all_run(short_clip) -> None:  # type: ignore[no-untyped-def]
+    """Embedded Ray: the first stream's actors take the machine's CPU shares, each later stream what is
+    left, and once nothing is left actors that ask for no CPU (a floor above what is free once left the
+    fourth stream's actors unplaceable: 'could not start')."""
+    pipe = Pipeline.from_dict(POOLED)
+    expected = local(pipe, short_clip.path)
+    rt = RayRuntime(encoder_pool=1)
+    outs: dict[int, list[Tokens]] = {}
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            outs[i] = tokens_of(stream(rt, pipe, short_clip.path)[1])
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    try:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert len(rt._made) == 5  # five streams at once: five sets of stream actors
+    finally:
+        rt.shutdown()
+    for i in range(5):
+        assert_same(expected, outs[i])
+
+
 def test_a_killed_pool_actor_restarts_and_every_stream_it_served_ends_identical(clip, short_clip) -> None:  # type: ignore[no-untyped-def]
     pipe = Pipeline.from_dict(POOLED)
     expected = [local(pipe, clip.path), local(pipe, short_clip.path)]
