@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -198,21 +198,12 @@ class _Chain:
         chain from the committed cut, replay. An actor lost while the chain restores (another death,
         or the same actor again) starts the recovery over, a recovery of its own in the counts, up to
         :data:`RESTORE_ATTEMPTS` in a row."""
-        for attempt in range(1, RESTORE_ATTEMPTS + 1):
+        def attempt() -> None:
             self.result.restarts += 1
             _driver_metrics()["recoveries"].inc(tags={"stream": self.result.stream})
-            try:
-                self._restore()
-                break
-            except ray.exceptions.RayError as err:
-                if not _lost(err):
-                    raise
-                if attempt == RESTORE_ATTEMPTS:
-                    raise BackendError(
-                        f"a stage actor did not come back after a crash: the chain lost an actor again in "
-                        f"each of {RESTORE_ATTEMPTS} restores in a row ({err})",
-                        input=self.result.input, stage="runtime",
-                        fix="check the Ray logs for why the worker keeps dying") from err
+            self._restore()
+
+        self._retry_lost(attempt, "restores")
         self.inflight.clear()
         self.cuts.clear()
         # Live queries set after the cut are not in the restored state: each goes in again right before
@@ -253,22 +244,33 @@ class _Chain:
         another stream's sake since this stream's last call has lost its state: restore and replay
         (nothing new comes out), then ask again."""
         self._started()
-        for attempt in range(RESTORE_ATTEMPTS):
+        def replay() -> None:
+            self._recover()
+            while self.inflight:
+                for _ in self.complete_oldest():
+                    pass  # replayed packets: their outputs were passed on already
+
+        self._retry_lost(self._collect, "tries to collect the stream's summary", between=replay)
+
+    def _retry_lost(self, call: Callable[[], None], what: str, between: Callable[[], None] | None = None) -> None:
+        """``call()`` until it does not lose an actor (``between()`` after each loss), at most
+        :data:`RESTORE_ATTEMPTS` times; then the clear error. Errors other than a loss go through."""
+        for attempt in range(1, RESTORE_ATTEMPTS + 1):
             try:
-                self._collect()
+                call()
                 return
             except ray.exceptions.RayError as err:
                 if not _lost(err):
                     raise
-                if attempt == RESTORE_ATTEMPTS - 1:
-                    raise BackendError(f"the stages lost the stream's state again in each of {RESTORE_ATTEMPTS} "
-                                       f"tries to collect its summary ({err})", input=self.result.input,
-                                       stage="runtime", fix="check the Ray logs for why the workers keep "
-                                                            "dying (memory, a crash in native code)") from err
-                self._recover()
-                while self.inflight:
-                    for _ in self.complete_oldest():
-                        pass  # replayed packets: their outputs were passed on already
+                if attempt == RESTORE_ATTEMPTS:
+                    raise BackendError(
+                        f"a stage actor did not come back after a crash: the chain lost an actor again in "
+                        f"each of {RESTORE_ATTEMPTS} {what} in a row ({err})",
+                        input=self.result.input, stage="runtime",
+                        fix="check the Ray logs for why the worker keeps dying (memory, a crash in native "
+                            "code)") from err
+                if between is not None:
+                    between()
 
     def _collect(self) -> None:
         summaries = ray.get([a.summary.remote(self.key) for a in self.actors])
