@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from streamzip.devices import torch_threads
 from streamzip.packets import Tokens
 from streamzip.tokens import cosine_to_represented
 
@@ -50,6 +51,7 @@ class FidelityMeter:
         """Originals held, waiting for an output to account for them."""
         return sum(c.left for chunks in self._chunks.values() for c in chunks)
 
+    @torch_threads(1)  # small ops, as the stages of small ops (Operator.threads)
     def add_originals(self, tokens: Tokens) -> None:
         """Add encoder output (``src`` = the tokens' own ids, each representing itself)."""
         if tokens.num_tokens == 0:
@@ -73,6 +75,7 @@ class FidelityMeter:
         self._chunks.setdefault((tokens.stream, tokens.modality), []).append(
             _Chunk(ids=ids, data=data, done=torch.zeros(ids.numel(), dtype=torch.bool), left=int(ids.numel())))
 
+    @torch_threads(1)
     def add_outputs(self, tokens: Tokens) -> None:
         """Account for the originals an output packet covers (its ``src``/``assignment``)."""
         self.tokens_out += tokens.num_tokens

@@ -77,7 +77,8 @@ def tokens_on(tokens: Tokens, device: torch.device) -> Tokens:
 
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op CPU threads set to ``threads`` for the block, then set back (None: unchanged).
+    """torch's intra-op CPU threads set to ``threads`` for the block (or, as a decorator, the call),
+    then set back (None: unchanged).
 
     The setting is per thread once a thread has used torch, so other threads keep theirs; a thread
     that first uses torch inside the block starts from it. See :attr:`Operator.threads` for why small

@@ -51,8 +51,6 @@ class StageRunner:
         result.stages = self.stats
         #: a FidelityMeter fed with every encoder's fresh tokens (the originals), or None.
         self.meter = meter
-        #: each stage's torch thread count (Operator.threads), None where it keeps the caller's.
-        self.threads = [s.threads for s in self.stages]
 
     def push(self, packet: Packet, start: int = 0) -> Iterator[Packet]:
         """Send ``packet`` into stage ``start``; yield what comes out of the last stage."""
@@ -62,7 +60,7 @@ class StageRunner:
         stage, st = self.stages[start], self.stats[start]
         t = time.perf_counter()
         try:
-            with torch_threads(self.threads[start]):
+            with torch_threads(stage.threads):
                 outs = self._call(stage, st, packet)
         except StreamzipError as err:
             err.with_context(input=self.result.input, stage=stage.step_id, time_s=packet_time(packet))
@@ -77,8 +75,7 @@ class StageRunner:
             if isinstance(out, Tokens) and out is not packet:
                 st.tokens_out += out.num_tokens
                 if self.meter is not None and out.modality in stage.produces:
-                    with torch_threads(1):
-                        self.meter.add_originals(out)
+                    self.meter.add_originals(out)
             yield from self.push(out, start + 1)
 
     @staticmethod
@@ -109,8 +106,7 @@ def count_output(result: InputResult, packet: Packet, meter: Any = None) -> None
         assert isinstance(packet, Tokens)
         result.tokens_out += packet.num_tokens
         if meter is not None:
-            with torch_threads(1):  # small ops (Operator.threads)
-                meter.add_outputs(packet)
+            meter.add_outputs(packet)
 
 
 def collect_reports(stages: Sequence[Operator]) -> dict[str, Any]:
