@@ -152,8 +152,8 @@ class StageActor:
         ids = ", ".join(str(i) for i in self.indices)
         return StreamStateLost(f"stage(s) {ids} hold no state for stream {key!r} (their actor restarted)")
 
-    def reset(self, key: str, stream: str, input_name: str, meter: bool = False, last: bool = False) -> bool:
-        """Fresh state for a new stream; returns whether this actor process is a restart. ``meter``:
+    def reset(self, key: str, stream: str, input_name: str, meter: bool = False, last: bool = False) -> str:
+        """Fresh state for a new stream; returns this actor's process (:meth:`ping`). ``meter``:
         this actor measures the stream's fidelity (see :meth:`push`). ``last``: it ends the chain, so
         what it returns goes to the driver whole (no :class:`_Stored` handles)."""
         if self.shared:
@@ -176,7 +176,7 @@ class StageActor:
             self.ends.add(key)
         else:
             self.ends.discard(key)
-        return self.restarted
+        return self.worker
 
     def _select(self, key: str) -> StageRunner:
         """The stream's runner, with its state in the operator."""
@@ -252,14 +252,11 @@ class StageActor:
             for st, saved in zip(runner.stats, snap["stats"]):
                 for k, v in saved.items():
                     setattr(st, k, v)
-        if self.restarted and (snap is None or snap["worker"] != self.worker):
-            # This process's restart, on top of the restored counters unless they hold it already (a
-            # cut taken in this process): added at each restore from an older cut, as when a death
-            # cut the chain's restore short and it restores this actor again; the metric counts once.
+        if self.restarted and key not in self.counted and (snap is None or snap["worker"] != self.worker):
+            # The metric counts this process's restart once per stream; the stats' restarts are the
+            # driver's count (:meth:`ping`).
             for st in runner.stats:
-                st.restarts += 1
-                if key not in self.counted:
-                    self._metric()["restarts"].inc(tags={"stage": st.step_id, "stream": stream})
+                self._metric()["restarts"].inc(tags={"stage": st.step_id, "stream": stream})
             self.counted.add(key)
 
     def summary(self, key: str) -> dict[str, Any]:
@@ -287,5 +284,8 @@ class StageActor:
         """The streams this actor holds a state for (a pool actor: every stream pinned to it)."""
         return list(self.runners)
 
-    def ping(self) -> bool:
-        return True
+    def ping(self) -> str:
+        """This actor's process: the driver counts a stage's restarts as the processes it has seen
+        serve the stream, less one (a restore from an old cut cannot count them: the cut does not
+        know of the processes after it)."""
+        return self.worker

@@ -83,6 +83,10 @@ class _Chain:
         self.committed: tuple[int, list[Any]] | None = None
         self.released = False  # the actors forgot the stream (its summary is in)
         self.starting: list[Any] = []  # the actors' reset calls, until confirmed
+        # Per actor, the processes seen serving the stream (reset, and the pings of each recovery), and
+        # whether the first one died before its reset answered: the stages' restarts.
+        self.workers: list[set[str]] = [set() for _ in actors]
+        self.died_at_start = [False] * len(actors)
 
     def reset(self) -> None:
         """Fresh state in every actor of the chain for this stream. Not waited for: the first batch
@@ -95,19 +99,22 @@ class _Chain:
         refs, self.starting = self.starting, []
         if not refs:
             return
-        try:
-            ray.get(refs, timeout=self.rt.restart_timeout_s * 2)
-        except ray.exceptions.RayError as err:
-            if _lost(err):
-                return  # it died already: the stream's first call finds out and recovers
-            if not isinstance(err, ray.exceptions.GetTimeoutError):
-                raise
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.rt.restart_timeout_s * 2)
+        if len(ready) == len(refs):
+            for a, ref in enumerate(refs):
+                try:
+                    self.workers[a].add(ray.get(ref))
+                except ray.exceptions.RayError as err:
+                    if not _lost(err):
+                        raise
+                    self.died_at_start[a] = True  # the stream's first call finds out and recovers
+        else:
             have = ray.available_resources()
             raise BackendError(
                 f"the stage actors could not start within {self.rt.restart_timeout_s * 2:.0f} s "
                 f"(Ray has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs free)",
                 input=self.result.input, stage="runtime",
-                fix="lower the steps' `resources` in the pipeline, or join a larger cluster with --address") from err
+                fix="lower the steps' `resources` in the pipeline, or join a larger cluster with --address")
 
     def inflight_count(self) -> int:
         return len(self.inflight)
@@ -218,16 +225,19 @@ class _Chain:
             self.send_query(q)
 
     def _restore(self) -> None:
-        """Wait for the chain to settle and every actor to answer, then restore them all from the
-        committed cut (a fresh state if there is none). Raises what a restore call raised."""
-        pending = [r for _, r in self.inflight] + [r for _, refs in self.cuts for r in refs]
-        if pending:
-            ray.wait(pending, num_returns=len(pending), timeout=self.rt.restart_timeout_s)
+        """Wait for every actor to answer, then restore them all from the committed cut (a fresh state
+        if there is none). Raises what a restore call raised.
+
+        The calls still in flight are not waited for: an actor runs one caller's calls in the order
+        they were sent, so a live actor restores after the pushes queued before, and a push sent to
+        an actor that died fails (``max_task_retries=0``); their results are dropped with
+        :attr:`inflight`. Waiting for them gained nothing and could cost ``restart_timeout_s`` when
+        Ray left a call sent during the restart pending."""
         deadline = time.monotonic() + self.rt.restart_timeout_s
-        for a in self.actors:
+        for a, actor in enumerate(self.actors):
             while True:
                 try:
-                    ray.get(a.ping.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                    self.workers[a].add(ray.get(actor.ping.remote(), timeout=max(1.0, deadline - time.monotonic())))
                     break
                 except (*_DEATH, ray.exceptions.GetTimeoutError) as err:
                     if time.monotonic() > deadline:
@@ -275,6 +285,9 @@ class _Chain:
     def _collect(self) -> None:
         summaries = ray.get([a.summary.remote(self.key) for a in self.actors])
         self.released = True
+        for a, group in enumerate(summaries):
+            for s in group["stats"]:
+                s["restarts"] = max(len(self.workers[a]) - 1, 0) + self.died_at_start[a]
         self.result.stages = [StageStats(**s) for group in summaries for s in group["stats"]]
         self.result.tokens_in = sum(s.tokens_out for s, p in zip(self.result.stages, self.step_produces) if p)
         reports = [r for group in summaries for r in group["reports"]]

@@ -43,14 +43,17 @@ keeps every stage's input in stream order.
   gives a consistent cut of the whole chain at that batch without stopping the flow. The source
   packets after the last complete cut are kept for replay.
 - **Faults**: when a call fails because an actor died, Ray restarts the actor (``max_restarts``); the
-  driver waits for the chain to settle, restores *every* actor from the last complete cut, replays the
-  kept packets and drops the outputs it had already passed on. A restarted pool actor has lost the
+  driver waits until every actor answers, restores *every* actor from the last complete cut (a live
+  actor restores after the calls queued before: an actor runs one caller's calls in order), replays
+  the kept packets and drops the outputs it had already passed on. A restarted pool actor has lost the
   state of every stream it served: each of those streams finds out at its next call (the actor
   answers :class:`StreamStateLost`) and recovers the same way, independently. The stored packets a
   dead actor had put and no one had fetched yet are lost with it (Ray's ``OwnerDiedError``, an
   ``ObjectLostError``): the actor that fetches one fails, and the stream recovers the same way. An
   actor lost while the chain is being restored starts the recovery over, up to ``RESTORE_ATTEMPTS``
-  in a row; then the run fails with a :class:`~streamzip.errors.BackendError`, never a loop.
+  in a row; then the run fails with a :class:`~streamzip.errors.BackendError`, never a loop. A
+  stage's ``restarts`` are the processes the driver saw serve the stream less one (reset answers and
+  the pings of each recovery name their process), so an actor that dies twice before a new cut counts 2.
   Stages are deterministic and restore exactly, so the run ends with the same tokens as an
   undisturbed one: no window missing, none duplicated (the webrtc VAD included: its decisions depend
   only on the last few seconds of audio, which its snapshot holds; ``docs/reliability.md``).

@@ -229,10 +229,12 @@ def _restoring_gate(ray_gate, **gate: object) -> Pipeline:  # type: ignore[no-un
             .encode_with(ray_gate.encode_big).add("_test_gate", **gate))
 
 
-def test_an_actor_lost_while_the_chain_restores_starts_the_recovery_over(ray_gate) -> None:  # type: ignore[no-untyped-def]
-    """The encoder is killed mid-run; while the chain restores, the gate's restore waits at a latch and
-    the test kills the gate too. That restore fails with the gate's death: the recovery starts over,
-    a second one, and the run ends with the tokens of an undisturbed run."""
+@pytest.mark.parametrize(("first", "stage_restarts"), [(0, [1, 1]), (1, [0, 2])], ids=["encoder", "gate-twice"])
+def test_an_actor_lost_while_the_chain_restores_starts_the_recovery_over(ray_gate, first, stage_restarts) -> None:  # type: ignore[no-untyped-def]
+    """The encoder (or the gate) is killed mid-run; while the chain restores, the gate's restore waits
+    at a latch and the test kills the gate (again). That restore fails with the gate's death: the
+    recovery starts over, a second one, and the run ends with the tokens of an undisturbed run. Each
+    stage counts the processes that died under it: the gate killed twice before a new cut counts 2."""
     src = "lavfi:testsrc2=s=64x64:r=4:d=4"  # 16 frames, one per packet
     lrt = LocalRuntime()
     local = tokens_of(lrt.run(_restoring_gate(ray_gate), [src]))
@@ -240,7 +242,7 @@ def test_an_actor_lost_while_the_chain_restores_starts_the_recovery_over(ray_gat
     latch = ray_gate.Latch.options(name=name).remote()
     killed: list[list[Any]] = []
     rt = RayRuntime(batch_packets=1, snapshot_every=2, max_inflight=4)
-    rt.on_packet = _kill_after_a_cut(rt, 0, killed)
+    rt.on_packet = _kill_after_a_cut(rt, first, killed)
 
     def kill_the_gate_while_it_restores() -> None:
         ray.get(latch.arrivals.remote(1), timeout=120)  # the first recovery: the gate waits in its restore
@@ -258,8 +260,8 @@ def test_an_actor_lost_while_the_chain_restores_starts_the_recovery_over(ray_gat
             ray.kill(latch)  # a waiting killer fails rather than hangs
         killer.result()
     result = rt.results[0]
-    # Two recoveries; each stage counts its actor's restart once (the encoder, restored twice, too).
-    assert result.restarts == 2 and [st.restarts for st in result.stages] == [1, 1]
+    # Two recoveries; each stage counts its actor's deaths (the encoder, restored twice, once).
+    assert result.restarts == 2 and [st.restarts for st in result.stages] == stage_restarts
     assert_same(local, remote)
     assert result.fidelity == pytest.approx(lrt.results[0].fidelity, abs=1e-6)
     assert result.tokens_in == lrt.results[0].tokens_in
