@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from streamzip.pipeline import Pipeline
 
-__all__ = ["group_resources", "stage_groups"]
+__all__ = ["encoder_groups", "group_resources", "stage_groups"]
 
 
 def group_resources(steps: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -45,3 +45,11 @@ def stage_groups(pipeline: Pipeline, *, pooled: bool = True, fuse: bool = True) 
             groups.append([i])
         open_group = not alone and not stage.cls.produces
     return groups
+
+
+def encoder_groups(pipeline: Pipeline, groups: Sequence[Sequence[int]]) -> list[int]:
+    """The indices of the ``groups`` (from :func:`stage_groups` with ``pooled=True``) that run an
+    encoder: each alone in its group, served by a pool shared by every stream."""
+    from streamzip.registry import get as get_stage
+
+    return [g for g, steps in enumerate(groups) if get_stage(pipeline.steps[steps[0]].op).kind == "encoder"]

@@ -93,7 +93,7 @@ from streamzip.runtime._ray_actor import StageActor, StreamStateLost, _lost
 from streamzip.runtime._ray_actor import _store as _store
 from streamzip.runtime._ray_actor import _Stored as _Stored
 from streamzip.runtime._ray_chain import _Chain, _driver_metrics
-from streamzip.runtime.groups import group_resources, stage_groups
+from streamzip.runtime.groups import encoder_groups, group_resources, stage_groups
 from streamzip.runtime.local import Source, open_source, update_from_source
 from streamzip.sources._names import stream_name
 from streamzip.sources.file import FileSource
@@ -324,8 +324,6 @@ class RayRuntime:
     def _prepare(self, pipeline: Pipeline) -> None:
         """Actor groups and options for the pipeline's steps and its encoder pools (first use, or a
         new pipeline)."""
-        from streamzip.registry import get as get_stage
-
         init_ray(self.address, num_cpus=self.num_cpus)
         spec = pipeline.to_dict()
         with self._lock:
@@ -340,8 +338,7 @@ class RayRuntime:
             self._res = [group_resources([resources[pipeline.steps[i].id] for i in g]) for g in self._groups]
             self._fns = {i: s.fn for i, s in enumerate(pipeline.steps) if s.fn is not None}
             self._keep_assignment = pipeline.keep_assignment
-            pooled = [g for g, steps in enumerate(self._groups) if self.encoder_pool
-                      and get_stage(pipeline.steps[steps[0]].op).kind == "encoder"]
+            pooled = encoder_groups(pipeline, self._groups) if self.encoder_pool else []
             cpus = [r["num_cpus"] for r in self._res]
             self._first_scale = self._cpu_scale(sum(cpus[g] for g in pooled) * self.encoder_pool
                                                 + self._stream_cpus(pooled))

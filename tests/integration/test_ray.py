@@ -23,6 +23,7 @@ from streamzip.output import load
 from streamzip.packets import Tokens
 from streamzip.pipeline import Pipeline, load_pipeline
 from streamzip.pipelines import builtin_names
+from streamzip.runtime.groups import encoder_groups
 from streamzip.runtime.local import LocalRuntime
 from streamzip.runtime.ray import (
     STORE_BYTES,
@@ -59,6 +60,7 @@ def test_light_steps_share_an_actor_and_encoders_run_alone() -> None:
     assert steps[:3] == ["video_encoder", "vad", "audio_encoder"]
     # Pooled encoders alone; the light steps between and after them fused.
     assert stage_groups(pipe) == [[0], [1], [2], [3, 4, 5, 6, 7]]
+    assert encoder_groups(pipe, stage_groups(pipe)) == [0, 2]  # the groups served by encoder pools
     # Without a pool an encoder may close the group before it (it produces: the group ends with it).
     assert stage_groups(pipe, pooled=False) == [[0], [1, 2], [3, 4, 5, 6, 7]]
     assert stage_groups(pipe, fuse=False) == [[i] for i in range(8)]
