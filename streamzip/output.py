@@ -13,6 +13,7 @@ place, so a crash never leaves a partial output that a re-run would take for fin
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -30,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from streamzip.errors import InputError, OutputError
 from streamzip.packets import Tokens
+from streamzip.tokens import check_dim, join
 
 __all__ = ["MANIFEST", "TOKENS", "Output", "load", "output_name", "versions", "write_output"]
 
@@ -78,6 +80,17 @@ def _group_of(packet: Tokens) -> str:
     return f"{packet.meta.get('kind', 'tokens')}/{packet.modality}"
 
 
+def _with_dim(packet: Tokens, dim: int) -> Tokens:
+    """``packet`` with ``(n, dim)`` data: an empty packet may be of any dimension; a packet with tokens
+    of another dimension than its group's is a :class:`TokenError`."""
+    if packet.data.shape[1:] == (dim,):
+        return packet
+    if not packet.num_tokens:
+        return dataclasses.replace(packet, data=packet.data.reshape(0, dim))
+    check_dim(packet, dim, stage="output")
+    return dataclasses.replace(packet, data=packet.data.reshape(-1, dim))
+
+
 def plain_data(value: Any) -> Any:
     """JSON-safe copy of packet meta (tensors become lists)."""
     if isinstance(value, torch.Tensor):
@@ -104,40 +117,35 @@ def write_output(out_dir: str | os.PathLike[str], name: str, packets: Iterable[T
         raise OutputError(f"cannot create the output folder ({err.strerror})", input=str(out_dir),
                           fix="choose a folder you can write to") from err
     by_group: dict[str, list[Tokens]] = defaultdict(list)
+    group_tokens: dict[str, int] = defaultdict(int)  # tokens of each group so far: the next packet's start
     entries: list[dict[str, Any]] = []
     for p in packets:
         g = _group_of(p)
-        start = sum(q.num_tokens for q in by_group[g])
-        entries.append({"group": g, "index": len(by_group[g]), "start": start, "count": p.num_tokens,
+        entries.append({"group": g, "index": len(by_group[g]), "start": group_tokens[g], "count": p.num_tokens,
                         "t0": float(p.t0.min()) if p.num_tokens else None,
                         "t1": float(p.t1.max()) if p.num_tokens else None,
                         "meta": plain_data(p.meta)})
         by_group[g].append(p)
+        group_tokens[g] += p.num_tokens
     tensors: dict[str, torch.Tensor] = {}
     groups: dict[str, Any] = {}
     for g, parts in by_group.items():
         dim = next((q.dim for q in parts if q.num_tokens), parts[0].dim)
-        tensors[f"{g}.data"] = torch.cat([q.data.reshape(-1, dim) for q in parts]).to(torch.float32).contiguous()
+        whole = join([_with_dim(q, dim) for q in parts], provenance=keep_assignment)
+        tensors[f"{g}.data"] = whole.data.to(torch.float32)
         for key in ("t0", "t1", "pos", "size"):
-            tensors[f"{g}.{key}"] = torch.cat([getattr(q, key) for q in parts]).contiguous()
+            tensors[f"{g}.{key}"] = getattr(whole, key)
         tensors[f"{g}.packet"] = torch.cat([torch.full((q.num_tokens,), i, dtype=torch.int64)
                                             for i, q in enumerate(parts)])
-        assignments = [q.assignment for q in parts if q.assignment is not None]
-        has_assign = keep_assignment and len(assignments) == len(parts)
-        if has_assign:
-            offsets = [0]
-            for q in parts[:-1]:
-                offsets.append(offsets[-1] + q.num_tokens)
-            tensors[f"{g}.src"] = torch.cat([q.src for q in parts]).contiguous()  # type: ignore[misc]
+        if whole.src is not None and whole.assignment is not None:
+            tensors[f"{g}.src"] = whole.src
             tensors[f"{g}.src_packet"] = torch.cat([torch.full((q.src.numel(),), i, dtype=torch.int64)  # type: ignore[union-attr]
                                                     for i, q in enumerate(parts)])
-            tensors[f"{g}.assignment"] = torch.cat([
-                torch.where(a >= 0, a + off, a)
-                for a, off in zip(assignments, offsets)]).contiguous()
-        if all(q.score is not None for q in parts):
-            tensors[f"{g}.score"] = torch.cat([q.score for q in parts]).contiguous()  # type: ignore[misc]
+            tensors[f"{g}.assignment"] = whole.assignment
+        if whole.score is not None:
+            tensors[f"{g}.score"] = whole.score
         groups[g] = {"num_tokens": int(tensors[f"{g}.data"].shape[0]), "dim": dim,
-                     "num_packets": len(parts), "assignment": has_assign}
+                     "num_packets": len(parts), "assignment": f"{g}.assignment" in tensors}
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION,
            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
            "versions": versions(), **(manifest or {}), "groups": groups, "packets": entries}

@@ -16,8 +16,8 @@ import torch
 from streamzip.errors import SnapshotError, TokenError
 from streamzip.packets import Tokens
 
-__all__ = ["cat", "check_dim", "cosine_to_represented", "merge_groups", "take", "tokens_from_state", "tokens_to_state",
-           "with_fresh_assignment"]
+__all__ = ["cat", "check_dim", "cosine_to_represented", "join", "merge_groups", "take", "tokens_from_state",
+           "tokens_to_state", "with_fresh_assignment"]
 
 
 def cat(parts: Sequence[Tokens], *, stream: str | None = None, modality: str | None = None,
@@ -44,9 +44,22 @@ def cat(parts: Sequence[Tokens], *, stream: str | None = None, modality: str | N
             )
     if len(parts) == 1:
         return parts[0]
+    return join(parts)
+
+
+def join(parts: Sequence[Tokens], *, provenance: bool = True) -> Tokens:
+    """Concatenate token packets in the order given, as they are: the tensors of :func:`cat`, without
+    its checks (stream, modality and dimension are the caller's business; ``data`` of mixed dtypes is
+    promoted as ``torch.cat`` does) and always as new tensors, a single part included.
+
+    ``src``/``assignment`` are kept only when ``provenance`` and every part has them, each part's
+    assignment shifted by the tokens before it; ``score`` only when every part has one. Stream,
+    modality and meta are the first part's. ``parts`` must not be empty.
+    """
+    first = parts[0]
     assignments = [p.assignment for p in parts if p.assignment is not None]
     scores = [p.score for p in parts if p.score is not None]
-    keep_assign = len(assignments) == len(parts)
+    keep_assign = provenance and len(assignments) == len(parts)
     keep_score = len(scores) == len(parts)
     src = assignment = None
     if keep_assign:

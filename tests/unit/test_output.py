@@ -73,3 +73,22 @@ def test_unwritable_output_folder(tmp_path) -> None:  # type: ignore[no-untyped-
     blocker.write_text("x")
     with pytest.raises(OutputError, match="cannot create the output folder"):
         write_output(blocker / "sub", "x", [packet("video", 1, 0)])
+
+
+def test_assignment_offsets_across_packets(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Three video packets of 2, 3 and 1 tokens (4, 3 and 2 originals) among audio packets: each one's
+    # assignment is shifted by the video tokens before it (0, 2, 5) — not by originals, not by the
+    # previous packet alone, not by the tokens of another group.
+    a = merge_groups(packet("video", 4, 0), torch.tensor([0, 0, 1, -1]))
+    b = packet("video", 3, 4)
+    c = merge_groups(packet("video", 2, 7), torch.tensor([-1, 0]))
+    res = load(write_output(tmp_path, "x", [a, packet("audio", 3, 0), b, packet("audio", 2, 3), c]))
+    video = res.tokens("tokens/video")
+    assert video.src.tolist() == list(range(9))
+    assert video.assignment.tolist() == [0, 0, 1, -1, 2, 3, 4, -1, 5]
+    for p in (a, b, c):  # every original still points at the token that represents it
+        live = p.assignment >= 0
+        assert torch.equal(video.data[video.assignment[p.src[live]]], p.data[p.assignment[live]])
+    back = res.packets("tokens/video")
+    assert [q.assignment.tolist() for q in back] == [p.assignment.tolist() for p in (a, b, c)]
+    assert all(torch.equal(q.data, p.data) for q, p in zip(back, (a, b, c)))
