@@ -322,12 +322,13 @@ def _cmd_steps(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from streamzip.synthetic import make_clip
+    from streamzip.synthetic import make_clip, scene_cycle
 
+    if not args.duration >= 1.0:  # also NaN
+        raise ConfigError(f"--duration must be at least 1 second, got {args.duration:g}")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    scenes = [("static", 4), ("pan", 4), ("motion", 4), ("static", 4), ("pan", 4)]
-    reps = max(1, round(args.duration / 20))
-    info = make_clip(args.output, scenes=scenes * reps, width=args.width, height=args.height, seed=args.seed)
+    info = make_clip(args.output, scenes=scene_cycle(args.duration), width=args.width, height=args.height,
+                     seed=args.seed)
     print(f"wrote {info.path}: {info.duration_s:.0f} s, scenes "
           f"{', '.join(f'{s.kind}@{s.start_s:g}s' for s in info.scenes[:6])}{' …' if len(info.scenes) > 6 else ''}; "
           f"speech bursts {len(info.speech)}")
@@ -386,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     y = sub.add_parser("synth", help="write a synthetic clip (scenes, cuts, speech-like audio, silence)")
     y.add_argument("output")
-    y.add_argument("--duration", type=float, default=20.0)
+    y.add_argument("--duration", type=float, default=20.0,
+                   help="seconds (default 20): static, pan, motion, static, pan scenes of 4 s, cycled and cut to this length")
     y.add_argument("--width", type=int, default=640)
     y.add_argument("--height", type=int, default=360)
     y.add_argument("--seed", type=int, default=0)

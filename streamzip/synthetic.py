@@ -20,7 +20,7 @@ import numpy as np
 
 from streamzip._av import av
 
-__all__ = ["ClipInfo", "Scene", "make_clip", "speech_like"]
+__all__ = ["ClipInfo", "Scene", "make_clip", "scene_cycle", "speech_like"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,23 @@ def speech_like(duration_s: float, sample_rate_hz: int, rng: np.random.Generator
         env[-ramp:] = np.linspace(1, 0, ramp)
         sig *= env
     return (0.3 * sig / (np.abs(sig).max() + 1e-9)).astype(np.float32)
+
+
+#: the scenes of :func:`scene_cycle`, in order, each :data:`SCENE_S` long
+SCENE_KINDS = ("static", "pan", "motion", "static", "pan")
+SCENE_S = 4.0
+
+
+def scene_cycle(duration_s: float) -> list[tuple[str, float]]:
+    """Scenes for a clip of ``duration_s`` seconds: :data:`SCENE_KINDS` of :data:`SCENE_S` each,
+    cycled, the last one cut short to end at ``duration_s``."""
+    scenes: list[tuple[str, float]] = []
+    t = 0.0
+    while duration_s - t > 1e-9:
+        d = min(SCENE_S, duration_s - t)
+        scenes.append((SCENE_KINDS[len(scenes) % len(SCENE_KINDS)], d))
+        t += d
+    return scenes
 
 
 def make_clip(

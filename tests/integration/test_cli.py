@@ -69,6 +69,15 @@ def test_env_and_steps() -> None:
     assert "patch_size = 16" in res.stdout
 
 
-def test_synth_writes_a_clip(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    res = cli("synth", str(tmp_path / "new" / "s.mp4"), "--duration", "20", "--width", "160", "--height", "120")
-    assert res.returncode == 0 and (tmp_path / "new" / "s.mp4").stat().st_size > 1000
+def test_synth_writes_a_clip_of_the_length_asked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import av
+
+    res = cli("synth", str(tmp_path / "new" / "s.mp4"), "--duration", "10", "--width", "160", "--height", "120")
+    assert res.returncode == 0 and "10 s" in res.stdout
+    with av.open(str(tmp_path / "new" / "s.mp4")) as f:
+        video = f.streams.video[0]
+        assert video.frames == 250  # 10 s at 25 fps: static, pan and half a motion scene
+        assert float(f.duration / av.time_base) == pytest.approx(10.0, abs=0.1)
+    res = cli("synth", str(tmp_path / "x.mp4"), "--duration", "0")
+    assert res.returncode == 2 and "--duration must be at least 1 second" in res.stderr
+    assert not (tmp_path / "x.mp4").exists()
