@@ -31,6 +31,11 @@ Entry points: a RayJob runs ``sh -c 'streamzip validate /config/pipeline.yaml &&
 so an invalid pipeline in the ConfigMap stops the job before any Ray work; the live cluster runs the
 driver ``streamzip live …`` in a container beside the Ray head (it shares ``/tmp/ray`` and ``/dev/shm`` to
 join that node), behind a Service. Credentials only ever appear as Secret references.
+
+GCS fault tolerance (``--gcs-ft-redis HOST:PORT --gcs-ft-redis-secret NAME``, live only): the head keeps the
+cluster's state in a Redis the user runs (KubeRay's ``gcsFaultToleranceOptions``), so the worker pods outlive a
+head restart. The live driver is in the head pod and still restarts with it (docs/deploy.md says what survives);
+a batch RayJob is refused the option, as a lost head fails its Ray job whatever the GCS keeps.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ __all__ = [
     "Demand",
     "GroupPlan",
     "Overlay",
+    "REDIS_PASSWORD_KEY",
     "ResourcePlan",
     "add_cli",
     "batch_argv",
@@ -107,8 +113,17 @@ OBJECT_STORE_MIN_MB = 512
 #: raylet, dashboard agent, runtime-env agent and log monitor of one node (estimate).
 RAY_NODE_OVERHEAD_MB = 1024
 EXAMPLE_URL = "rtsp://camera-1.example.com:554/stream1"
+#: the key of the --gcs-ft-redis-secret Secret that holds the Redis password (the Bitnami Redis chart's key too).
+REDIS_PASSWORD_KEY = "redis-password"
+#: the checked-in GCS FT example: a Redis Service named `redis` in the cluster's namespace (KubeRay's sample).
+EXAMPLE_REDIS = "redis:6379"
+EXAMPLE_REDIS_SECRET = "streamzip-redis"
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+#: the Redis addresses Ray's GCS parses (ray._private.services.get_address): HOST:PORT, redis://…, rediss://… (TLS).
+_REDIS_SCHEMES = ("redis", "rediss")
+_REDIS_HOST = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])$")
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 @dataclass(frozen=True)
@@ -461,16 +476,80 @@ def _check_options(kind: str, overlay: str, name: str, urls: Sequence[str], inpu
     return problems
 
 
+def _check_gcs_ft(kind: str, address: str | None, secret: str | None) -> list[Problem]:
+    """What is wrong with ``--gcs-ft-redis``/``--gcs-ft-redis-secret``, each with its fix."""
+    if address is None:
+        return [] if secret is None else [Problem("--gcs-ft-redis-secret", "is set but --gcs-ft-redis is not; pass "
+                                                  "--gcs-ft-redis HOST:PORT too, or drop --gcs-ft-redis-secret")]
+    opt = "--gcs-ft-redis"
+    if kind == "job":
+        return [Problem(opt, "GCS fault tolerance is for the live cluster only: a batch RayJob's driver runs on the "
+                             "head, so a lost head fails the Ray job whatever the GCS keeps, and KubeRay retries it on "
+                             "a new RayCluster (backoffLimit; finished inputs are skipped); drop --gcs-ft-redis for "
+                             "--kind job")]
+    problems = []
+    if secret is None:
+        problems.append(Problem("--gcs-ft-redis-secret", f"GCS fault tolerance needs the Redis password from a Secret: "
+                                f"the GCS state in Redis includes the code of the cluster's actors, so a Redis "
+                                f"without a password is not rendered; create one (kubectl create secret generic NAME "
+                                f"--from-file={REDIS_PASSWORD_KEY}=./redis-pass) and pass --gcs-ft-redis-secret NAME"))
+    elif len(secret) > 253 or not _SECRET_NAME.match(secret):
+        problems.append(Problem("--gcs-ft-redis-secret", f"{secret!r} is not a Secret name (lower-case letters, "
+                                f"digits, '-' and '.'); give the name of the Secret whose key {REDIS_PASSWORD_KEY} "
+                                f"holds the Redis password"))
+    scheme = _SCHEME.match(address)
+    rest = address[scheme.end():] if scheme else address
+    if "@" in address:  # shown as ***@HOST:PORT: a password may hold '@' or '://' itself
+        masked = f"{scheme.group(0) if scheme else ''}***@{address.rpartition('@')[2]}"
+        return [*problems, Problem(opt, f"{masked!r} carries credentials, which manifests must not; put the password "
+                                        f"in the Secret under key {REDIS_PASSWORD_KEY}, pass --gcs-ft-redis-secret "
+                                        f"NAME, and give the address as HOST:PORT")]
+    if (scheme and scheme.group(1) not in _REDIS_SCHEMES) or "://" in rest:
+        return [*problems, Problem(opt, f"{address!r}: the scheme must be redis:// or rediss:// (TLS), or none "
+                                        "(HOST:PORT)")]
+    if not rest:
+        return [*problems, Problem(opt, "is empty; give the Redis as HOST:PORT, e.g. redis:6379")]
+    if "," in rest:
+        return [*problems, Problem(opt, f"{address!r} lists several addresses; give one Redis (HOST:PORT): KubeRay "
+                                        "supports a single-shard Redis")]
+    if any(c in rest for c in "/?#"):
+        return [*problems, Problem(opt, f"{address!r} has a path or query; Ray's GCS takes HOST:PORT only (no "
+                                        "database number)")]
+    host, colon, port = rest.rpartition(":")
+    if not colon or host.startswith("[") != host.endswith("]"):
+        return [*problems, Problem(opt, f"{address!r} has no port; give HOST:PORT, e.g. {rest}:6379 (Redis' default "
+                                        "port)")]
+    if not _REDIS_HOST.match(host):
+        problems.append(Problem(opt, f"{address!r}: {host!r} is not a host name or IP address (an IPv6 address goes "
+                                     "in brackets: [fd00::1]:6379)"))
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        problems.append(Problem(opt, f"{address!r}: the port must be a number from 1 to 65535, got {port!r}"))
+    return problems
+
+
+def _gcs_ft_options(address: str, secret: str) -> dict[str, Any]:
+    """``spec.gcsFaultToleranceOptions``: the Redis and its password by Secret reference. Left to KubeRay: the
+    storage namespace (the RayCluster's UID, so a re-created cluster starts clean), the backend (redis; the field is
+    newer than KubeRay 1.6) and what it injects (``RAY_REDIS_ADDRESS`` and the password on the head's Ray container,
+    ``RAY_gcs_rpc_server_reconnect_timeout_s=600`` on the workers so they wait for the new head)."""
+    return {"redisAddress": address,
+            "redisPassword": {"valueFrom": {"secretKeyRef": {"name": secret, "key": REDIS_PASSWORD_KEY}}}}
+
+
 def render(pipeline: Pipeline, *, kind: str = "cluster", overlay: str = "dev", name: str | None = None,
            namespace: str | None = None, image: str | None = None, urls: Sequence[str] = (),
            inputs: Sequence[str] = (), output: str | None = None, data_pvc: str | None = None,
            storage_secret: str | None = None, secret: str = SECRET_NAME, streams_per_worker: int | None = None,
-           gpus_per_worker: int | None = None) -> list[dict[str, Any]]:
+           gpus_per_worker: int | None = None, gcs_ft_redis: str | None = None,
+           gcs_ft_redis_secret: str | None = None) -> list[dict[str, Any]]:
     """The manifests, in apply order: ConfigMap, RayCluster, Service (``cluster``) or ConfigMap, RayJob (``job``).
 
+    ``gcs_ft_redis`` (HOST:PORT) turns on GCS fault tolerance for the live cluster, with the Redis password at key
+    :data:`REDIS_PASSWORD_KEY` of the Secret ``gcs_ft_redis_secret``.
     Raises :class:`ConfigError` listing every problem (the pipeline's and the options') at once."""
     name = name or ("streamzip-live" if kind == "cluster" else "streamzip-batch")
-    problems = _check_options(kind, overlay, name, urls, inputs, output, data_pvc) + pipeline.problems()
+    problems = (_check_options(kind, overlay, name, urls, inputs, output, data_pvc)
+                + _check_gcs_ft(kind, gcs_ft_redis, gcs_ft_redis_secret) + pipeline.problems())
     if problems:
         raise ConfigError(problems)
     ov = OVERLAYS[overlay]
@@ -485,6 +564,8 @@ def render(pipeline: Pipeline, *, kind: str = "cluster", overlay: str = "dev", n
                               "data_pvc": data_pvc, "storage_secret": storage_secret}
     if kind == "cluster":
         spec = _cluster_spec(pipeline, ov, plan, driver=_live_driver(urls, ov, image, pull, secret), **common)
+        if gcs_ft_redis is not None and gcs_ft_redis_secret is not None:
+            spec = {"gcsFaultToleranceOptions": _gcs_ft_options(gcs_ft_redis, gcs_ft_redis_secret), **spec}
         # Re-applying with a new image or pipeline recreates the pods (KubeRay >= 1.6): live streams see a gap.
         cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster",
                    "metadata": _meta(name, name, "live", namespace, pipeline),
@@ -561,6 +642,8 @@ _DEFAULTS: list[tuple[str, str, dict[str, Any]]] = [
     ("prod/cluster.yaml", "default", {"kind": "cluster", "overlay": "prod", "urls": [EXAMPLE_URL]}),
     ("prod/job.yaml", "default", {"kind": "job", "overlay": "prod", **_DATA}),
     ("prod/cluster-gpu.yaml", "gpu", {"kind": "cluster", "overlay": "prod", "urls": [EXAMPLE_URL]}),
+    ("prod/cluster-gcs-ft.yaml", "default", {"kind": "cluster", "overlay": "prod", "urls": [EXAMPLE_URL],
+                                             "gcs_ft_redis": EXAMPLE_REDIS, "gcs_ft_redis_secret": EXAMPLE_REDIS_SECRET}),
 ]
 
 
@@ -578,6 +661,9 @@ def default_manifests() -> dict[str, str]:
         needs = (f"the Secret `{SECRET_NAME}` (keys rtsp-username, rtsp-password, live-token)"
                  if options["kind"] == "cluster" else
                  f"a ReadWriteMany PersistentVolumeClaim `{options['data_pvc']}` holding {options['inputs'][0]}")
+        if "gcs_ft_redis" in options:
+            needs += (f",\na Redis at {options['gcs_ft_redis']} for GCS fault tolerance, its password at key "
+                      f"{REDIS_PASSWORD_KEY} of the Secret `{options['gcs_ft_redis_secret']}`")
         header = (f"{how}\nRe-render rather than edit: the worker sizes follow from the pipeline (docs/deploy.md).\n"
                   f"Needs the KubeRay operator >= 1.6 and {needs}.")
         out[path] = dump(render(pipe, **options), header=header)
@@ -591,7 +677,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
         "kind": args.kind, "overlay": args.overlay, "name": args.name, "namespace": args.namespace,
         "image": args.image, "urls": args.url or [], "inputs": args.input or [], "output": args.output,
         "data_pvc": args.data_pvc, "storage_secret": args.storage_secret, "secret": args.secret,
-        "streams_per_worker": args.streams_per_worker, "gpus_per_worker": args.gpus_per_worker}
+        "streams_per_worker": args.streams_per_worker, "gpus_per_worker": args.gpus_per_worker,
+        "gcs_ft_redis": args.gcs_ft_redis, "gcs_ft_redis_secret": args.gcs_ft_redis_secret}
     manifests = render(pipeline, **options)
     if options["secret"] == SECRET_NAME:
         del options["secret"]
@@ -644,6 +731,11 @@ def add_cli(subparsers: Any) -> None:
     r.add_argument("--secret", default=SECRET_NAME, help="the Secret with rtsp-username, rtsp-password, live-token")
     r.add_argument("--streams-per-worker", type=int, help="streams (or batch inputs) a CPU worker holds")
     r.add_argument("--gpus-per-worker", type=int, help="GPUs of a GPU worker")
+    r.add_argument("--gcs-ft-redis", metavar="HOST:PORT",
+                   help="live: GCS fault tolerance, the head's state in this Redis, so the workers outlive a head "
+                        "restart (docs/deploy.md)")
+    r.add_argument("--gcs-ft-redis-secret", metavar="NAME",
+                   help=f"the Secret whose key {REDIS_PASSWORD_KEY} holds the Redis password (with --gcs-ft-redis)")
     r.add_argument("-o", "--out", help="write to this file instead of standard output")
     r.set_defaults(func=_cmd_render)
     d = ks.add_parser("defaults", help="rewrite the checked-in manifests under k8s/rendered")

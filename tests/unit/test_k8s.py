@@ -234,6 +234,10 @@ def _edit(path: str, edit):
     ("dev/job.yaml", lambda d: d[1]["spec"]["rayClusterSpec"]["headGroupSpec"].update(rayStartParam={}),
      "rayStartParam"),
     ("dev/job.yaml", lambda d: d[0].update(datas={}), "datas"),
+    ("prod/cluster-gcs-ft.yaml", lambda d: d[1]["spec"]["gcsFaultToleranceOptions"].update(redisPasword={}),
+     "redisPasword"),
+    ("prod/cluster-gcs-ft.yaml", lambda d: d[1]["spec"]["gcsFaultToleranceOptions"]["redisPassword"]["valueFrom"]
+     ["secretKeyRef"].update(keyy="x"), "keyy"),
 ])
 def test_unknown_field_fails_validation(path, edit, field):
     docs = _edit(path, edit)
@@ -248,6 +252,11 @@ def test_wrong_types_and_values_fail_validation():
     assert any("Fast" in e for e in validate(docs[1])[0])
     docs = _edit("dev/cluster.yaml", lambda d: d[1]["spec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}))
     assert validate(docs[1])[0]  # rayStartParams values are strings
+    docs = _edit("prod/cluster-gcs-ft.yaml", lambda d: d[1]["spec"]["gcsFaultToleranceOptions"]["redisPassword"]
+                 ["valueFrom"]["secretKeyRef"].pop("key"))
+    assert any("'key' is a required property" in e for e in validate(docs[1])[0])
+    docs = _edit("prod/cluster-gcs-ft.yaml", lambda d: d[1]["spec"]["gcsFaultToleranceOptions"].update(redisAddress=6379))
+    assert validate(docs[1])[0]
 
 
 # -- invariants -------------------------------------------------------------------------------------
@@ -461,6 +470,12 @@ def test_no_secret_values_in_the_manifests():
                     assert "value" not in env and "secretKeyRef" in env["valueFrom"], env["name"]
             for src in c.get("envFrom", []):
                 assert set(src) == {"secretRef"}
+    ft = [cluster_spec(d)["gcsFaultToleranceOptions"] for d in ray_manifests(all_docs())
+          if "gcsFaultToleranceOptions" in cluster_spec(d)]
+    assert ft  # the checked-in example has one
+    for options in ft:  # the Redis password by reference only
+        assert set(options["redisPassword"]) == {"valueFrom"}
+        assert set(options["redisPassword"]["valueFrom"]) == {"secretKeyRef"}
     live = [c for d in all_docs() for c in containers(d) if c["name"] == "streamzip-live"]
     assert live
     for c in live:
@@ -492,6 +507,92 @@ def test_an_invalid_pipeline_is_refused_at_render_time():
     bad = Pipeline("bad").add("no_such_step")
     with pytest.raises(ConfigError, match="no_such_step"):
         k8s.render(bad, **LIVE)
+
+
+# -- GCS fault tolerance ----------------------------------------------------------------------------
+#: what KubeRay injects itself once gcsFaultToleranceOptions is set, and refuses to find set by hand beside it
+#: (ValidateRayClusterSpec), or sets with a value of its own (the workers' reconnect timeout, 600 s).
+KUBERAY_GCS_FT_ENV = {"RAY_REDIS_ADDRESS", "REDIS_PASSWORD", "REDIS_USERNAME", "RAY_external_storage_namespace",
+                      "RAY_gcs_rpc_server_reconnect_timeout_s"}
+
+
+@pytest.mark.parametrize("overlay", sorted(k8s.OVERLAYS))
+@pytest.mark.parametrize("address", ["redis:6379", "redis://redis.data.svc.cluster.local:6379",
+                                     "rediss://redis.example.com:6380", "10.0.0.5:6379", "[fd00::5]:6379"])
+def test_gcs_ft_renders_what_kuberay_needs_and_validates(overlay, address):
+    pipe = load_pipeline("default")
+    docs = k8s.render(pipe, overlay=overlay, gcs_ft_redis=address, gcs_ft_redis_secret="redis-auth", **LIVE)
+    for doc in docs:
+        assert validate(doc)[0] == []
+    (cluster,) = ray_manifests(docs)
+    spec = cluster["spec"]
+    assert spec["gcsFaultToleranceOptions"] == {  # no backend (newer than KubeRay 1.6), no namespace (the UID)
+        "redisAddress": address,
+        "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": k8s.REDIS_PASSWORD_KEY}}}}
+    # What KubeRay refuses beside gcsFaultToleranceOptions: the old annotations, Redis credentials set by hand.
+    assert not {"ray.io/ft-enabled", "ray.io/external-storage-namespace"} & set(cluster["metadata"]["annotations"])
+    assert not {"redis-password", "redis-username"} & set(spec["headGroupSpec"]["rayStartParams"])
+    for c in containers(cluster):
+        assert not KUBERAY_GCS_FT_ENV & {e["name"] for e in c.get("env", [])}, c["name"]
+    # KubeRay puts the Redis settings into the head's first container and builds its Redis cleanup Job from it.
+    assert spec["headGroupSpec"]["template"]["spec"]["containers"][0]["name"] == "ray-head"
+    del spec["gcsFaultToleranceOptions"]
+    assert cluster == ray_manifests(k8s.render(pipe, overlay=overlay, **LIVE))[0]  # nothing else changes
+
+
+@pytest.mark.parametrize("address,fix", [
+    ("redis", "'redis' has no port; give HOST:PORT, e.g. redis:6379"),
+    ("[fd00::5]", "has no port; give HOST:PORT, e.g. [fd00::5]:6379"),
+    ("redis://:hunter2@redis:6379", "'redis://***@redis:6379' carries credentials"),
+    ("default:hunter2@redis:6379", "'***@redis:6379' carries credentials"),
+    ("redis:6379/0", "HOST:PORT only (no database number)"),
+    ("https://redis:6379", "the scheme must be redis:// or rediss://"),
+    ("redis-a:6379,redis-b:6379", "give one Redis (HOST:PORT)"),
+    ("redis:65536", "the port must be a number from 1 to 65535"),
+    ("redis:port", "the port must be a number from 1 to 65535"),
+    ("fd00::5:6379", "an IPv6 address goes in brackets"),
+    ("", "is empty"),
+])
+def test_bad_gcs_ft_addresses_are_refused_with_the_fix(address, fix):
+    with pytest.raises(ConfigError) as err:
+        k8s.render(load_pipeline("default"), gcs_ft_redis=address, gcs_ft_redis_secret="redis-auth", **LIVE)
+    assert [p.path for p in err.value.problems] == ["--gcs-ft-redis"]
+    assert fix in str(err.value) and "hunter2" not in str(err.value)
+    if "credentials" in fix:
+        assert f"Secret under key {k8s.REDIS_PASSWORD_KEY}, pass --gcs-ft-redis-secret NAME" in str(err.value)
+
+
+def test_gcs_ft_needs_its_secret_and_a_live_cluster():
+    pipe = load_pipeline("default")
+    with pytest.raises(ConfigError, match=r"--gcs-ft-redis-secret: .*a Redis without a password is not rendered.*"
+                                          r"--from-file=redis-password=\./redis-pass\) and pass --gcs-ft-redis-secret"):
+        k8s.render(pipe, gcs_ft_redis="redis:6379", **LIVE)
+    with pytest.raises(ConfigError, match="--gcs-ft-redis-secret: is set but --gcs-ft-redis is not"):
+        k8s.render(pipe, gcs_ft_redis_secret="redis-auth", **LIVE)
+    with pytest.raises(ConfigError, match="'Redis_Auth' is not a Secret name"):
+        k8s.render(pipe, gcs_ft_redis="redis:6379", gcs_ft_redis_secret="Redis_Auth", **LIVE)
+    with pytest.raises(ConfigError) as err:  # a lost head fails a Ray job whatever the GCS keeps
+        k8s.render(pipe, gcs_ft_redis="redis:6379", gcs_ft_redis_secret="redis-auth", **JOB)
+    assert [p.path for p in err.value.problems] == ["--gcs-ft-redis"]
+    assert "live cluster only" in str(err.value) and "drop --gcs-ft-redis for --kind job" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # listed with the other problems, at once
+        k8s.render(pipe, kind="cluster", name="Bad_Name", gcs_ft_redis="redis")
+    assert {"--name", "--url", "--gcs-ft-redis", "--gcs-ft-redis-secret"} <= {p.path for p in err.value.problems}
+
+
+def test_cli_renders_gcs_ft_and_refuses_credentials(tmp_path, capsys):
+    out = tmp_path / "live.yaml"
+    live = ["render", "default", "--url", "rtsp://cam.local/s"]
+    assert k8s.main([*live, "--gcs-ft-redis", "redis.data.svc:6379", "--gcs-ft-redis-secret", "redis-auth",
+                     "-o", str(out)]) == 0
+    text = out.read_text()
+    assert text.splitlines()[1].endswith("--gcs-ft-redis redis.data.svc:6379 --gcs-ft-redis-secret redis-auth")
+    (cluster,) = ray_manifests(load_docs(text))
+    assert cluster["spec"]["gcsFaultToleranceOptions"]["redisAddress"] == "redis.data.svc:6379"
+    capsys.readouterr()
+    assert k8s.main([*live, "--gcs-ft-redis", "default:hunter2@redis:6379", "--gcs-ft-redis-secret", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "--gcs-ft-redis: '***@redis:6379' carries credentials" in err and "hunter2" not in err
 
 
 # -- the entry commands -----------------------------------------------------------------------------
