@@ -103,12 +103,12 @@ SECRET_ENV = (
 )
 #: the decoder of one stream; 1080p30 H.264 decode measures ~0.3 core (research/engines.md §10.2).
 SOURCE_RESOURCES: dict[str, float] = {"num_cpus": 0.5}
-#: memory of one actor process when its stage declares none: 315 MB private memory measured for a
-#: process that imported streamzip and torch (docs/deploy.md), plus room for its packets.
-ACTOR_MEMORY_MB = 400.0
-#: object store per stream: a few batches in flight per edge (an 8-frame 224² packet is 1.2 MB of frames,
-#: 4.8 MB of 768-d float32 patch tokens) with ~4x headroom; an estimate until a Ray benchmark measures it.
-OBJECT_STORE_MB_PER_STREAM = 128
+#: memory of one actor process when its stage declares none: the actors of a ``default`` stream peak at
+#: 326-415 MB of private memory (the fused light stages the most; docs/deploy.md, measured), plus ~25 %.
+ACTOR_MEMORY_MB = 512.0
+#: object store per stream: one ``default`` stream peaks at 54-60 MiB fed as a live camera and 141-160 MiB
+#: fed a file in 8-frame packets (docs/deploy.md, measured), plus ~20 %.
+OBJECT_STORE_MB_PER_STREAM = 192
 OBJECT_STORE_MIN_MB = 512
 #: raylet, dashboard agent, runtime-env agent and log monitor of one node (estimate).
 RAY_NODE_OVERHEAD_MB = 1024

@@ -358,7 +358,7 @@ def expected_sizes(pipeline: Pipeline, kind: str, streams: int, gpus: int = 1) -
     out = {}
     for group, d in demands.items():
         n = int(gpus / d["gpu"] + 1e-9) if group == "gpu-workers" else streams
-        store = max(512, 128 * n)
+        store = max(512, 192 * n)  # docs/deploy.md: 192 MB per stream, at least 512 MB
         out[group] = {"num-cpus": max(1, -(-round(n * d["cpu"] * 1000) // 1000)), "per_stream": d,
                       "num-gpus": gpus if group == "gpu-workers" else 0,
                       "memory_mb": n * d["mem"] + store + 1024, "store_mb": store}
