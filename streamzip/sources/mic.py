@@ -18,8 +18,20 @@ samples were lost (a device overrun, a reopen), and :class:`~streamzip.packets.E
 
 Stream time counts samples (the device's clock), not timestamps, which jitter by milliseconds: a new
 chunk and a :class:`Gap` start only where the timestamps show a hole longer than ``max_hole_s``.
-The device is read in the runtime's reader thread, which opens and closes it; :meth:`MicSource.close`
-only asks that thread to stop.
+:meth:`MicSource.close` only asks the reader to stop; the device is closed by the thread that opened it.
+
+Losing the device. A read that fails or ends, or no samples for ``read_timeout_s``, ends the
+connection: the audio held is delivered, the source waits ``backoff_s`` and reopens, and once samples
+come again it yields a ``Gap`` ("device reopened") over the time away (between the arrivals of the
+blocks either side, so stream time keeps pace with the wall clock) and goes on; ``max_retries`` failures in a row end it with a
+:class:`MicError`. Seen with the ALSA pulse plugin: a PulseAudio server that dies fails the read at
+once (EIO) and each reopen at once (connection refused) until it is back; a server that hangs
+(SIGSTOP) blocks the plugin's open and read for as long as it hangs, deaf to PyAV's timeouts. So the
+ALSA device is opened, read and closed in a thread of its own (:meth:`MicSource._pump`) that hands
+frames over a queue: the source waits with its own timeouts, gives up on a hung call, and stops on
+:meth:`~MicSource.close` at once. A pump stuck in a hung call closes its device and ends when the call
+returns; meanwhile no other is started (a reopen fails as "still hangs"), so a hung server costs at
+most one thread.
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,6 +65,9 @@ log = logging.getLogger(__name__)
 #: Where Debian-like systems keep ALSA's configuration and plugins.
 ALSA_CONF = "/usr/share/alsa/alsa.conf"
 ALSA_PLUGIN_GLOBS = ("/usr/lib/*-linux-gnu*/alsa-lib", "/usr/lib64/alsa-lib", "/usr/lib/alsa-lib")
+#: Blocks held between a device's reader and the source (ALSA hands over 8 ms blocks, PortAudio 20 ms).
+QUEUE_BLOCKS = 1000
+_OPENED, _ENDED, _TIMEOUT = object(), object(), object()  # what the ALSA reader hands over besides blocks
 
 
 class MicError(InputError):
@@ -151,6 +166,8 @@ class MicSource:
         self._stop = threading.Event()
         self._t = 0.0  # stream time of the next sample (the sample count)
         self._resync = True  # the next block starts a new chunk at self._t (start, after a gap)
+        self._pump_thread: threading.Thread | None = None  # the ALSA reader thread (see _pump)
+        self._pump_since = 0.0  # when it last opened or handed over a block
 
     def close(self) -> None:
         """Ask the reader to stop (it closes the device in its own thread). Safe from any thread."""
@@ -163,15 +180,16 @@ class MicSource:
     def __iter__(self) -> Iterator[Packet]:
         cfg = self.config
         failures = 0
-        gap_from: float | None = None
-        lost_at = 0.0
+        gap_from: float | None = None  # stream time where the current outage began
+        last_mono = 0.0  # when the last block arrived
         while not self._stop.is_set():
             self.stats.state = "connecting" if not self.stats.connects else "reconnecting"
             collector = AudioCollector(self.decode, self.stats, self.stream)
+            opened = False
+            reader = self._alsa() if cfg.backend == "alsa" else self._sounddevice()
             try:
-                reader = self._alsa() if cfg.backend == "alsa" else self._sounddevice()
-                opened = False
                 for samples_or_frame, stamp in reader:
+                    now = time.monotonic()
                     if not opened:
                         opened = True
                         failures = 0
@@ -179,12 +197,13 @@ class MicSource:
                         self.stats.reconnects = self.stats.connects - 1
                         self.stats.state = "connected"
                         self.stats.event("connected", device=cfg.device, backend=cfg.backend)
-                        if gap_from is not None:  # samples lost while reopening: the wall time it took
-                            self._t = gap_from + max(0.0, time.monotonic() - lost_at)
+                        if gap_from is not None:  # samples lost while away: the time it took
+                            self._t = self._resume_at(gap_from, now - last_mono, samples_or_frame)
                             yield self._gap(gap_from, self._t, "device reopened")
                             gap_from = None
                             self._resync = True
                             self.clock.new_segment()
+                    last_mono = now
                     yield from self._take(collector, samples_or_frame, stamp)
                     if self._stop.is_set() or (cfg.max_duration_s is not None and self._t >= cfg.max_duration_s):
                         self._stop.set()
@@ -195,22 +214,37 @@ class MicSource:
                                        fix="check that the device is still there")
             except MicError as err:
                 failures += 1
-                self.stats.stalls += 1
+                if not opened:
+                    self.stats.open_failures += 1
                 self.stats.last_error = str(err)
-                self.stats.event("lost", error=err.message)
+                self.stats.event("lost" if opened else "open_failed", error=err.message, attempt=failures)
+                yield from collector.finish()  # the audio before the loss is delivered, whatever comes next
+                if gap_from is None and self.stats.connects:
+                    gap_from = self._t
                 if cfg.max_retries is not None and failures > cfg.max_retries:
                     self.stats.state = "failed"
-                    raise
+                    if not self.stats.connects:
+                        raise
+                    raise MicError(f"the device went away and did not come back after {failures - 1} reopen "
+                                   f"attempt(s) ({err.message})", input=self.name, stage="source",
+                                   fix="check that the device and its sound server are up; to wait longer "
+                                       "for it raise max_retries (null: forever) or backoff_s") from None
                 log.warning("%s: %s; reopening in %.2g s", self.name, err.message, cfg.backoff_s)
-                yield from collector.finish()
-                if gap_from is None:
-                    gap_from, lost_at = self._t, time.monotonic()
                 if self._stop.wait(cfg.backoff_s):
                     break
                 continue
+            finally:
+                reader.close()  # at once, not when collected: it closes the device (ALSA: ends its thread)
             yield from collector.finish()
         self.stats.state = "stopped"
         yield End(self.stream)
+
+    @staticmethod
+    def _resume_at(gap_from: float, away_s: float, frame: Any) -> float:
+        """Stream time of the first block after an outage that began at ``gap_from``, the blocks either
+        side of it having arrived ``away_s`` apart. Arrival times, not the ALSA stamps: those of a new
+        connection run up to 0.7 s early for its first second (measured through the pulse plugin)."""
+        return gap_from + max(0.0, away_s - frame.samples / frame.sample_rate)
 
     def _gap(self, start: float, end: float, reason: str) -> Gap:
         self.stats.gaps += 1
@@ -226,10 +260,13 @@ class MicSource:
         exact = self.config.backend == "alsa"  # ALSA stamps are capture times; PortAudio's here are arrivals
         if stamp_s is not None:
             wall_now = self.clock.wall_time(self._t)
-            if exact and wall_now is not None and stamp_s - wall_now > self.config.max_hole_s:
+            # Not at a connection's first block: stamps are not comparable across connections.
+            if exact and not self._resync and wall_now is not None and stamp_s - wall_now > self.config.max_hole_s:
                 # Samples were lost (an overrun): stream time follows the device's timestamps.
                 end = self._t + (stamp_s - wall_now)
                 yield from collector.finish()
+                # finish() flushed the resampler, which then fails every frame: give it a fresh one.
+                collector.resampler = av.AudioResampler(format="flt", layout="mono", rate=collector.rate)
                 yield self._gap(self._t, end, "samples lost (device overrun)")
                 self._t = end
                 self._resync = True
@@ -241,24 +278,95 @@ class MicSource:
         self._t += duration
 
     # -- backends -----------------------------------------------------------------------------
-    def _alsa(self) -> Iterator[tuple[Any, float | None]]:
+    def _wait(self, blocks: queue.Queue[Any], timeout_s: float) -> Any:
+        """The next item of ``blocks``; None once closed; ``_TIMEOUT`` after ``timeout_s`` without one."""
+        deadline = time.monotonic() + timeout_s
+        while not self._stop.is_set():
+            try:
+                return blocks.get(timeout=max(0.0, min(0.05, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    return _TIMEOUT
+        return None
+
+    def _alsa(self) -> Generator[tuple[Any, float | None], None, None]:
         cfg = self.config
+        if self._pump_thread is not None and self._pump_thread.is_alive():
+            hung = time.monotonic() - self._pump_since
+            raise MicError(f"the ALSA device {cfg.device!r} still hangs (a call into it has not returned for "
+                           f"{hung:.1f} s)", input=self.name, stage="source",
+                           fix="check that its sound server answers (`pactl info` for PulseAudio)")
+        blocks: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_BLOCKS)
+        quit_ = threading.Event()
+        self._pump_thread = threading.Thread(target=self._pump, args=(blocks, quit_), daemon=True,
+                                             name=f"streamzip-mic-{self.stream}")
+        self._pump_since = t_open = time.monotonic()
+        self._pump_thread.start()
+        hung = False
+        try:
+            item = self._wait(blocks, cfg.open_timeout_s)
+            if item is _TIMEOUT:
+                hung = True
+                raise MicError(f"the ALSA device {cfg.device!r} did not open within {cfg.open_timeout_s:g} s",
+                               input=self.name, stage="source",
+                               fix="check that its sound server answers (`pactl info` for PulseAudio); raise "
+                                   "open_timeout_s if it is only slow")
+            if isinstance(item, MicError):
+                raise item
+            if item is None:
+                return
+            self.stats.streams = ["audio"]
+            log.info("%s: opened in %.2f s", self.name, time.monotonic() - t_open)
+            while True:
+                item = self._wait(blocks, cfg.read_timeout_s)
+                if item is _TIMEOUT:
+                    hung = True
+                    self.stats.stalls += 1
+                    raise MicError(f"no samples for {cfg.read_timeout_s:g} s (the device or its sound server "
+                                   f"hangs)", input=self.name, stage="source",
+                                   fix="check that the device and its sound server are still up")
+                if isinstance(item, MicError):
+                    raise item
+                if item is None or item is _ENDED:
+                    return
+                self._pump_since = time.monotonic()
+                yield item
+        finally:
+            quit_.set()
+            self._pump_thread.join(0.0 if hung else 1.0)  # it ends within a block unless a call hangs
+
+    def _pump(self, blocks: queue.Queue[Any], quit_: threading.Event) -> None:
+        """Open, read and close the ALSA device (in this thread only), handing over ``_OPENED``, then
+        ``(frame, stamp)`` blocks, then ``_ENDED`` or a :class:`MicError`; stops once ``quit_`` is set."""
+        cfg = self.config
+
+        def put(item: Any) -> bool:
+            while not quit_.is_set():
+                try:
+                    blocks.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         alsa_environment()
         opts = {"sample_rate": str(cfg.capture_rate_hz), "channels": str(cfg.channels)}
-        t_open = time.monotonic()
         try:
             container = av.open(cfg.device, format="alsa", options=opts,
                                 timeout=(cfg.open_timeout_s, cfg.read_timeout_s / 2))
         except av.error.FFmpegError as err:
-            raise MicError(f"cannot open the ALSA device {cfg.device!r} ({err.strerror or type(err).__name__})",
-                           input=self.name, stage="source",
-                           fix="list the devices with `arecord -L`; for PulseAudio/PipeWire use 'pulse' or "
-                               "'pulse:SOURCE' (Debian package libasound2-plugins)") from None
+            put(MicError(f"cannot open the ALSA device {cfg.device!r} ({err.strerror or type(err).__name__})",
+                         input=self.name, stage="source",
+                         fix="list the devices with `arecord -L`; for PulseAudio/PipeWire use 'pulse' or "
+                             "'pulse:SOURCE' (Debian package libasound2-plugins)"))
+            return
         try:
-            self.stats.streams = ["audio"]
-            log.info("%s: opened in %.2f s", self.name, time.monotonic() - t_open)
+            if not put(_OPENED):
+                return
             stream = container.streams.audio[0]
             for packet in container.demux(stream):
+                if quit_.is_set():
+                    return
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError:
@@ -266,16 +374,16 @@ class MicSource:
                     continue
                 for frame in frames:
                     stamp = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
-                    yield frame, stamp
-                if self._stop.is_set():
-                    return
+                    if not put((frame, stamp)):
+                        return
+            put(_ENDED)
         except av.error.FFmpegError as err:
-            raise MicError(f"the ALSA device stopped ({err.strerror or type(err).__name__})", input=self.name,
-                           stage="source", fix="check that the device and its sound server are still up") from None
+            put(MicError(f"the ALSA device stopped ({err.strerror or type(err).__name__})", input=self.name,
+                         stage="source", fix="check that the device and its sound server are still up"))
         finally:
             container.close()
 
-    def _sounddevice(self) -> Iterator[tuple[Any, float | None]]:
+    def _sounddevice(self) -> Generator[tuple[Any, float | None], None, None]:
         cfg = self.config
         try:
             import sounddevice as sd
@@ -283,7 +391,7 @@ class MicSource:
             raise DependencyError(f"the sounddevice backend needs the 'sounddevice' package and PortAudio ({err})",
                                   stage="source", fix="pip install 'streamzip[live]' and apt-get install "
                                                       "libportaudio2, or use backend 'alsa'") from None
-        blocks: queue.Queue[tuple[np.ndarray, float]] = queue.Queue(maxsize=1000)
+        blocks: queue.Queue[tuple[np.ndarray, float]] = queue.Queue(maxsize=QUEUE_BLOCKS)
         overflows = [0]
 
         def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -315,11 +423,14 @@ class MicSource:
         try:
             layout = "mono" if cfg.channels == 1 else ("stereo" if cfg.channels == 2 else None)
             while not self._stop.is_set():
-                try:
-                    data, stamp = blocks.get(timeout=cfg.read_timeout_s)
-                except queue.Empty:
+                got = self._wait(blocks, cfg.read_timeout_s)
+                if got is None:
+                    return
+                if got is _TIMEOUT:
+                    self.stats.stalls += 1
                     raise MicError(f"no samples for {cfg.read_timeout_s:g} s", input=self.name, stage="source",
-                                   fix="check that the device is still there") from None
+                                   fix="check that the device is still there")
+                data, stamp = got
                 if layout is None:
                     data = data.mean(axis=1, keepdims=True)
                 frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data.reshape(1, -1)), format="flt",

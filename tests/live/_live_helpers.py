@@ -5,7 +5,8 @@
   ``/file`` and live test patterns at ``/live``, ``/cam1``, ``/cam2``. Tests kill, freeze (SIGSTOP)
   and restart it.
 - :class:`PulseServer`: a private PulseAudio daemon on a socket in a temporary folder, with a null
-  sink ``vsink`` and a virtual microphone ``vmic`` that records whatever plays on ``vsink``.
+  sink ``vsink`` and a virtual microphone ``vmic`` that records whatever plays on ``vsink``. Tests
+  kill, freeze and restart it (on the same socket).
 
 A missing Debian package fails the test with the ``apt-get install`` line to run (these tests are
 the proof that live ingestion works; skipping them would hide it). ``.ci/sysdeps`` installs them.
@@ -82,8 +83,30 @@ def wait_until(cond, timeout_s: float, step_s: float = 0.02) -> bool:  # type: i
         time.sleep(step_s)
 
 
+class Daemon:
+    """A server process (``self.proc``) that tests kill, freeze and thaw."""
+
+    proc: subprocess.Popen[str] | subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes mid-stream."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the server hangs (its sockets stay open, nothing answers)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
 # -- RTSP ---------------------------------------------------------------------------------------
-class RtspServer:
+class RtspServer(Daemon):
     """A gst-rtsp-server process on 127.0.0.1 that tests can kill, freeze and restart."""
 
     def __init__(self, media: str | None = None, *, auth: str | None = None, port: int | None = None) -> None:
@@ -116,23 +139,8 @@ class RtspServer:
         self.ready_mono = time.monotonic()
         return self
 
-    def kill(self) -> None:
-        """SIGKILL: the server vanishes mid-stream (clients see a normal end of stream)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def freeze(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
-
     def close(self) -> None:
-        self.kill()
+        self.kill()  # clients see a normal end of stream
         if self.proc is not None:
             for f in (self.proc.stdout, self.proc.stderr):
                 if f is not None:
@@ -140,7 +148,7 @@ class RtspServer:
 
 
 # -- PulseAudio ---------------------------------------------------------------------------------
-class PulseServer:
+class PulseServer(Daemon):
     """A private PulseAudio daemon: null sink ``vsink``; ``vmic`` records what plays on it."""
 
     def __init__(self) -> None:
@@ -166,12 +174,19 @@ class PulseServer:
             pytest.fail("the private PulseAudio server did not start")
         return self
 
+    def kill(self) -> None:
+        """SIGKILL: the sound server dies mid-stream (``start()`` brings it back on the same socket)."""
+        super().kill()
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+
     def play(self, wav: str | os.PathLike[str]) -> subprocess.Popen[bytes]:
         """Play a file on the speaker (vsink), in real time; the microphone (vmic) hears it."""
         return subprocess.Popen(["paplay", "-d", "vsink", os.fspath(wav)], env={**os.environ, **self.env})
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
             self.proc.terminate()
             try:
                 self.proc.wait(10)
@@ -183,6 +198,25 @@ class PulseServer:
 
 
 # -- running a live source ----------------------------------------------------------------------
+class Tap:
+    """Keeps the packets a source yields on their way to the runtime, with their arrival times
+    (``time.monotonic()``)."""
+
+    def __init__(self, source) -> None:  # type: ignore[no-untyped-def]
+        self.source, self.name, self.stream, self.stats = source, source.name, source.stream, source.stats
+        self.seen: list[object] = []
+        self.arrived: list[float] = []
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for p in self.source:
+            self.arrived.append(time.monotonic())
+            self.seen.append(p)
+            yield p
+
+    def close(self) -> None:
+        self.source.close()
+
+
 class LiveRun:
     """A live source run through a runtime in a thread; outputs kept with their arrival times."""
 

@@ -49,8 +49,7 @@ def live_pipeline() -> Pipeline:
             .add("window", window_s=2.0).add("memory", max_tokens=64, read_tokens=16))
 
 
-@pytest.fixture(scope="module")
-def pulse() -> Iterator[PulseServer]:
+def _pulse_in_env() -> Iterator[PulseServer]:
     server = PulseServer().start()
     saved = {k: os.environ.get(k) for k in server.env}
     os.environ.update(server.env)  # the ALSA pulse plugin and PortAudio read these
@@ -61,6 +60,17 @@ def pulse() -> Iterator[PulseServer]:
         else:
             os.environ[k] = v
     server.close()
+
+
+@pytest.fixture(scope="module")
+def pulse() -> Iterator[PulseServer]:
+    yield from _pulse_in_env()
+
+
+@pytest.fixture
+def own_pulse() -> Iterator[PulseServer]:
+    """A PulseAudio server of the test's own, to kill, freeze and restart."""
+    yield from _pulse_in_env()
 
 
 @pytest.fixture(scope="session")

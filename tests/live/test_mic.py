@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _live_helpers import LiveRun, wait_until
+from _live_helpers import LiveRun, Tap, wait_until
 
 from streamzip.packets import AudioChunk, End, Gap, Tokens
 from streamzip.pipeline import Pipeline
@@ -18,22 +18,6 @@ from streamzip.runtime.local import LocalRuntime
 from streamzip.sources.mic import MicConfig, MicError, MicSource
 
 pytestmark = pytest.mark.timeout(90)
-
-
-class Tap:
-    """Keeps the audio a source yields on its way to the runtime."""
-
-    def __init__(self, source: MicSource) -> None:
-        self.source, self.name, self.stream, self.stats = source, source.name, source.stream, source.stats
-        self.seen: list[object] = []
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        for p in self.source:
-            self.seen.append(p)
-            yield p
-
-    def close(self) -> None:
-        self.source.close()
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
