@@ -10,7 +10,7 @@ It defines the reference semantics every other runtime must reproduce:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streamzip._prefetch import Prefetch
@@ -183,15 +183,20 @@ class LocalRuntime:
 
         ``live``: the source cannot wait, so when the stages fall behind the oldest queued media
         packets are dropped (and counted in ``result.drops``) instead of blocking the source.
+        A source that fails with a typed error ends the stream there: the stages flush, their
+        outputs come out (no :class:`End`), then the error is raised (:func:`until_source_fails`).
         """
         meter = new_meter(pipeline)
         runner = StageRunner(pipeline.build(result.stream), result, meter=meter)
         t_start = time.perf_counter()
         feed = Prefetch(lambda: source, depth=self.prefetch_depth, drop_oldest=live)
         self._running.append(runner)
+        failed: list[StreamzipError] = []
         try:
-            for packet in feed:
+            for packet in until_source_fails(feed, result.stream, failed):
                 for out in runner.push(packet):
+                    if failed and isinstance(out, End):
+                        continue  # the stream did not end: its source failed (raised below)
                     count_output(result, out, meter)
                     yield out
                 update_from_source(result, source, feed, t_start)
@@ -200,6 +205,8 @@ class LocalRuntime:
                     self.progress(result)
             finish_meter(result, meter)
             result.reports = collect_reports(runner.stages)
+            if failed:
+                raise failed[0]
         except StreamzipError as err:
             err.with_context(input=result.input)
             raise
@@ -225,6 +232,25 @@ def open_source(pipeline: Pipeline, path: str, result: InputResult) -> FileSourc
     mods = pipeline.modalities()
     return FileSource(path, pipeline.decode, stream=result.stream,
                       want_video="video" in mods, want_audio="audio" in mods)
+
+
+def until_source_fails(packets: Iterable[Packet], stream: str, failed: list[StreamzipError]) -> Iterator[Packet]:
+    """The source's packets; if the source fails with a typed error (a camera or microphone gone
+    for good, a file broken mid-way), an :class:`End` in its place, so that the stages flush what
+    they hold (the open window, the audio stretch: nothing the source delivered is lost), and the
+    error in ``failed``, for the runtime to raise once the stages have flushed. Other exceptions
+    (bugs) go through at once."""
+    it = iter(packets)
+    while True:
+        try:
+            packet = next(it)
+        except StopIteration:
+            return
+        except StreamzipError as err:
+            failed.append(err)
+            yield End(stream)
+            return
+        yield packet
 
 
 def update_from_source(result: InputResult, source: Source, feed: Prefetch, t_start: float) -> None:

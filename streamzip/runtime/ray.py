@@ -87,14 +87,14 @@ import ray.exceptions
 
 from streamzip._prefetch import Prefetch
 from streamzip.errors import BackendError, StreamzipError
-from streamzip.packets import Packet
+from streamzip.packets import End, Packet
 from streamzip.runtime._ray_actor import STORE_BYTES as STORE_BYTES  # re-exported, as are _store and _Stored
 from streamzip.runtime._ray_actor import StageActor, StreamStateLost, _lost
 from streamzip.runtime._ray_actor import _store as _store
 from streamzip.runtime._ray_actor import _Stored as _Stored
 from streamzip.runtime._ray_chain import _Chain, _driver_metrics
 from streamzip.runtime.groups import encoder_groups, group_resources, stage_groups
-from streamzip.runtime.local import Source, open_source, update_from_source
+from streamzip.runtime.local import Source, open_source, until_source_fails, update_from_source
 from streamzip.sources._names import stream_name
 from streamzip.sources.file import FileSource
 from streamzip.stats import InputResult
@@ -503,20 +503,29 @@ class RayRuntime:
         # Packets between actors are never dropped: a live source keeps that queue short, so that
         # the backlog builds up in the prefetch queue, where the oldest media is dropped.
         limit = min(self.max_inflight, self.live_inflight) if live else self.max_inflight
+        failed: list[StreamzipError] = []  # the source's error: the stages flush, then it is raised
+
+        def outputs() -> Iterator[Packet]:
+            for out in chain.complete_oldest():
+                if not (failed and isinstance(out, End)):
+                    yield out
+
         try:
             chain.reset()
-            for packet in feed:
+            for packet in until_source_fails(feed, result.stream, failed):
                 chain.submit([packet, *feed.ready(self.batch_packets - 1)])
                 if self.on_packet is not None:
                     self.on_packet(chain.next_seq - 1, per_step)
                 while chain.inflight_count() >= limit:
-                    yield from chain.complete_oldest()
+                    yield from outputs()
                 update_from_source(result, source, feed, t_start)
                 if self.progress is not None:
                     self.progress(result)
             while chain.inflight_count():
-                yield from chain.complete_oldest()
+                yield from outputs()
             chain.finish()
+            if failed:
+                raise failed[0]
         except StreamzipError as err:
             err.with_context(input=result.input)
             raise

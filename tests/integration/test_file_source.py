@@ -173,3 +173,38 @@ def test_all_corrupt_is_an_error_not_silence(tmp_path) -> None:  # type: ignore[
         assert sum(v.num_frames for v in video) == 0
     except (CorruptMediaError, NotMediaError):
         pass
+
+
+def test_a_source_failing_midway_flushes_the_stages_then_raises() -> None:
+    """A source that fails mid-stream costs nothing it delivered: the stages flush (the open window
+    comes out, as if the source had ended there), then the source's error is raised, with no End."""
+    from _cut_source import INPUT, PIPELINE, CutSource
+
+    from streamzip.packets import Tokens
+    from streamzip.runtime.local import LocalRuntime
+    from streamzip.stats import InputResult
+
+    def run(fail: bool) -> tuple[list[object], InputResult]:
+        result = InputResult(input="cut", stream="cut")
+        out: list[object] = []
+        try:
+            for p in LocalRuntime().run_source(PIPELINE, CutSource(result, keep=5, fail=fail), result):
+                out.append(p)
+        except CorruptMediaError as err:
+            assert fail and err.input == INPUT and err.stage == "source" and "re-encode" in str(err)
+            return out, result
+        assert not fail, "the source's error was not raised"
+        return out, result
+
+    ended, ended_result = run(fail=False)
+    failed, failed_result = run(fail=True)
+    assert isinstance(ended[-1], End) and not any(isinstance(p, End) for p in failed)
+    assert len(failed) == len(ended) - 1
+    for a, b in zip(failed, ended):
+        assert isinstance(a, Tokens) and isinstance(b, Tokens)
+        assert torch.equal(a.data, b.data) and torch.equal(a.t0, b.t0) and torch.equal(a.t1, b.t1)
+    # The window from 2 s was still open when the source stopped (5 frames: 0 to 2 s): only the
+    # flush let its tokens out.
+    last = [p for p in failed if isinstance(p, Tokens)][-1]
+    assert float(last.t0.min()) >= 2.0 and last.num_tokens > 0
+    assert failed_result.tokens_out == ended_result.tokens_out > 0

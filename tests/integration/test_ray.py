@@ -321,6 +321,37 @@ def test_a_batch_skips_the_actors_that_take_none_of_its_packets() -> None:
     assert [n for n, _ in log] == ["video", "vad", "audio", "rest"]
 
 
+def test_a_source_failing_midway_flushes_the_stages_then_raises_as_local() -> None:
+    """The source fails mid-stream: the actors flush what they hold (the open window comes out, no
+    End), the run's counters are collected, then the source's error is raised, as the local runtime
+    does."""
+    from _cut_source import INPUT, PIPELINE, CutSource
+
+    from streamzip.errors import CorruptMediaError
+    from streamzip.packets import End
+    from streamzip.stats import InputResult
+
+    def run(runtime: Any) -> tuple[list[Any], InputResult]:
+        result, out = InputResult(input="cut", stream="cut"), []
+        with pytest.raises(CorruptMediaError) as err:
+            for p in runtime.run_source(PIPELINE, CutSource(result, keep=5, fail=True), result):
+                out.append(p)
+        assert err.value.input == INPUT and err.value.stage == "source"
+        return out, result
+
+    local, local_result = run(LocalRuntime())
+    rt = RayRuntime(batch_packets=1)
+    try:
+        remote, remote_result = run(rt)
+    finally:
+        rt.shutdown()
+    assert not any(isinstance(p, End) for p in remote)
+    assert len(local) == 2  # the closed window and the flushed open one
+    assert_same(tokens_of(local), tokens_of(remote))
+    assert remote_result.tokens_out == local_result.tokens_out
+    assert [st.packets_in for st in remote_result.stages] == [st.packets_in for st in local_result.stages]
+
+
 def test_stage_actors_ray_cannot_place_are_a_clear_error(clip) -> None:  # type: ignore[no-untyped-def]
     spec = load_pipeline("patch_only").to_dict()
     spec["steps"][0]["resources"] = {"num_gpus": 1}  # this machine has none
