@@ -21,7 +21,8 @@ chunk and a :class:`Gap` start only where the timestamps show a hole longer than
 :meth:`MicSource.close` only asks the reader to stop; the device is closed by the thread that opened it.
 
 Losing the device. A read that fails or ends, or no samples for ``read_timeout_s``, ends the
-connection: the audio held is delivered, the source waits ``backoff_s`` and reopens, and once samples
+connection: the audio held is delivered, the source waits ``backoff_s`` (doubling after each failed
+reopen, up to ``backoff_max_s``) and reopens, and once samples
 come again it yields a ``Gap`` ("device reopened") over the time away (between the arrivals of the
 blocks either side, so stream time keeps pace with the wall clock) and goes on; ``max_retries`` failures in a row end it with a
 :class:`MicError`. Seen with the ALSA pulse plugin: a PulseAudio server that dies fails the read at
@@ -93,7 +94,10 @@ class MicConfig(Config):
     max_hole_s: float = 0.1
     # Reopen attempts in a row before giving up; None = forever.
     max_retries: int | None = 5
+    # 0.5 s doubling to 2 s: the default 5 reopens wait for a device (or its sound server restarting)
+    # for 7.5 s, unhammered; a device missing from the start is reported as soon.
     backoff_s: float = 0.5
+    backoff_max_s: float = 2.0
     # Stop after this much stream time; None = until closed.
     max_duration_s: float | None = None
 
@@ -104,10 +108,12 @@ class MicConfig(Config):
             yield "channels", f"must be in [1, 32], got {self.channels}"
         if not 0.01 <= self.chunk_s <= 60:
             yield "chunk_s", f"must be in [0.01, 60], got {self.chunk_s}"
-        for name in ("open_timeout_s", "read_timeout_s", "max_hole_s", "backoff_s"):
+        for name in ("open_timeout_s", "read_timeout_s", "max_hole_s", "backoff_s", "backoff_max_s"):
             v = getattr(self, name)
             if not (0 < v <= 3600 and math.isfinite(v)):
                 yield name, f"must be in (0, 3600] seconds, got {v}"
+        if self.backoff_max_s < self.backoff_s:
+            yield "backoff_max_s", f"must be >= backoff_s ({self.backoff_s}), got {self.backoff_max_s}"
         if self.max_retries is not None and self.max_retries < 0:
             yield "max_retries", f"must be >= 0 or null (forever), got {self.max_retries}"
         if self.max_duration_s is not None and not self.max_duration_s > 0:
@@ -180,6 +186,7 @@ class MicSource:
     def __iter__(self) -> Iterator[Packet]:
         cfg = self.config
         failures = 0
+        delay = cfg.backoff_s  # the wait before the next reopen
         gap_from: float | None = None  # stream time where the current outage began
         last_mono = 0.0  # when the last block arrived
         while not self._stop.is_set():
@@ -192,7 +199,7 @@ class MicSource:
                     now = time.monotonic()
                     if not opened:
                         opened = True
-                        failures = 0
+                        failures, delay = 0, cfg.backoff_s
                         self.stats.connects += 1
                         self.stats.reconnects = self.stats.connects - 1
                         self.stats.state = "connected"
@@ -228,10 +235,11 @@ class MicSource:
                     raise MicError(f"the device went away and did not come back after {failures - 1} reopen "
                                    f"attempt(s) ({err.message})", input=self.name, stage="source",
                                    fix="check that the device and its sound server are up; to wait longer "
-                                       "for it raise max_retries (null: forever) or backoff_s") from None
-                log.warning("%s: %s; reopening in %.2g s", self.name, err.message, cfg.backoff_s)
-                if self._stop.wait(cfg.backoff_s):
+                                       "for it raise max_retries (null: forever) or backoff_max_s") from None
+                log.warning("%s: %s; reopening in %.2g s", self.name, err.message, delay)
+                if self._stop.wait(delay):
                     break
+                delay = min(delay * 2, cfg.backoff_max_s)
                 continue
             finally:
                 reader.close()  # at once, not when collected: it closes the device (ALSA: ends its thread)

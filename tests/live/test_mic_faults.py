@@ -83,7 +83,7 @@ def start_mic(config: MicConfig, heard_s: float) -> tuple[MicSource, Tap, LiveRu
 
 def test_sound_server_killed_and_restarted_reopens_with_one_gap_over_the_time_away(own_pulse, tmp_path) -> None:  # type: ignore[no-untyped-def]
     fds, threads = open_fds(), len(mic_threads())
-    src, tap, run = start_mic(MicConfig(backoff_s=0.2, max_retries=100), 1.5)
+    src, tap, run = start_mic(MicConfig(backoff_s=0.2, backoff_max_s=0.2, max_retries=100), 1.5)
     own_pulse.kill()
     killed = time.monotonic()
     # The read fails at once (EIO): the source reports the loss and keeps trying to reopen.
@@ -132,7 +132,7 @@ def test_sound_server_killed_and_restarted_reopens_with_one_gap_over_the_time_aw
 
 def test_a_hung_sound_server_is_detected_by_the_read_timeout_and_close_does_not_wait_for_it(own_pulse) -> None:  # type: ignore[no-untyped-def]
     threads = len(mic_threads())
-    src, tap, run = start_mic(MicConfig(read_timeout_s=1.0, backoff_s=0.2, max_retries=None), 1.0)
+    src, tap, run = start_mic(MicConfig(read_timeout_s=1.0, backoff_s=0.2, backoff_max_s=0.2, max_retries=None), 1.0)
     own_pulse.freeze()
     frozen = time.monotonic()
     # The plugin's read blocks while the server hangs; the source's own timeout sees it.
@@ -166,7 +166,7 @@ def test_a_hung_sound_server_is_detected_by_the_read_timeout_and_close_does_not_
 
 def test_a_device_that_never_comes_back_is_a_clear_error_after_the_audio_it_gave(own_pulse) -> None:  # type: ignore[no-untyped-def]
     fds, threads = open_fds(), len(mic_threads())
-    src, tap, run = start_mic(MicConfig(backoff_s=0.1, max_retries=2), 1.2)
+    src, tap, run = start_mic(MicConfig(backoff_s=0.15, max_retries=2), 1.2)
     own_pulse.kill()
     run.thread.join(30)
     assert not run.thread.is_alive()
@@ -177,6 +177,11 @@ def test_a_device_that_never_comes_back_is_a_clear_error_after_the_audio_it_gave
     assert "input 'alsa:pulse:vmic'" in message and "stage 'source'" in message
     assert "Fix: check that the device and its sound server are up" in message and "max_retries" in message
     assert src.stats.state == "failed" and src.stats.open_failures == 2 and src.stats.gaps == 0
+    # The waits before the reopens double (0.15 s, then 0.3 s): the refused opens themselves are quick.
+    lost, *reopens = [e for e in src.stats.events if e.kind in ("lost", "open_failed")]
+    assert lost.kind == "lost" and [e.kind for e in reopens] == ["open_failed", "open_failed"]
+    first, second = reopens[0].mono_s - lost.mono_s, reopens[1].mono_s - reopens[0].mono_s
+    assert first >= 0.15 and second >= 0.3 and second > first + 0.1, (first, second)
     # Every sample read before the loss was delivered (the partial chunk held at the loss included),
     # and all of it made tokens: the runtime flushes its stages when the source fails (the encoder's
     # open stretch, the last partial chunk, included), then raises the source's error.
@@ -191,7 +196,7 @@ def test_a_device_that_never_comes_back_is_a_clear_error_after_the_audio_it_gave
 
 def test_a_failing_microphone_fails_alone_on_the_live_endpoint(own_pulse, rtsp_server, live_pipeline) -> None:  # type: ignore[no-untyped-def]
     server = serve(live_pipeline, [rtsp_server.url("/cam1"), "mic:pulse:vmic"], port=0,
-                   rtsp=RtspConfig(read_timeout_s=2.0), mic=MicConfig(backoff_s=0.1, max_retries=1))
+                   rtsp=RtspConfig(read_timeout_s=2.0), mic=MicConfig(backoff_s=0.1, backoff_max_s=0.1, max_retries=1))
     try:
         cam, mic = server.streams["cam1"], server.streams["mic"]
         assert wait_until(lambda: mic.windows.get("audio", 0) >= 1 and cam.windows.get("video", 0) >= 1, 40), \
