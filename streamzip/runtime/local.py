@@ -240,17 +240,11 @@ def until_source_fails(packets: Iterable[Packet], stream: str, failed: list[Stre
     they hold (the open window, the audio stretch: nothing the source delivered is lost), and the
     error in ``failed``, for the runtime to raise once the stages have flushed. Other exceptions
     (bugs) go through at once."""
-    it = iter(packets)
-    while True:
-        try:
-            packet = next(it)
-        except StopIteration:
-            return
-        except StreamzipError as err:
-            failed.append(err)
-            yield End(stream)
-            return
-        yield packet
+    try:
+        yield from packets
+    except StreamzipError as err:
+        failed.append(err)
+        yield End(stream)
 
 
 def update_from_source(result: InputResult, source: Source, feed: Prefetch, t_start: float) -> None:
