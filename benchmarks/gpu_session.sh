@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one go, for a machine with a CUDA GPU and PyTorch + transformers already installed
-# but no network (the wheels this repo needs beyond them — PyAV, FAISS — are given in WHEELS, a folder).
+# but no network (the wheels this repo needs beyond them — PyAV, FAISS, webrtcvad-wheels — are given in WHEELS,
+# a folder).
 #
 #   WHEELS=.whl OUT=/tmp/out bash benchmarks/gpu_session.sh     (SKIP_BENCH=1: the tests only)
 #

@@ -88,7 +88,7 @@ import numpy as np
 import torch
 
 from streamzip.config import Config
-from streamzip.devices import check_device, resolve_device
+from streamzip.devices import OnDevice, check_device
 from streamzip.errors import DependencyError
 from streamzip.operators.framefusion import frame_ids
 from streamzip.packets import Tokens
@@ -1051,21 +1051,15 @@ class DPCKNNConfig(Config):
 
 
 @register("dpc_knn")
-class DPCKNN(WindowedOperator):
+class DPCKNN(OnDevice, WindowedOperator):
     """Cluster each window's video tokens to a budget with DPC-KNN (Chat-UniVi), on FAISS or a GPU."""
 
     config_class = DPCKNNConfig
     config: DPCKNNConfig
 
-    def __init__(self, config: DPCKNNConfig | None = None, **kw: Any) -> None:
-        super().__init__(config, **kw)
-        self._device: torch.device | None = None
-
     def reduce(self, window: Tokens) -> Tokens:
         c = self.config
-        device = self._device
-        if device is None:  # resolved on first use, once; a config error names this step
-            device = self._device = resolve_device(c.device, field=f"{self.step_id}.device")
+        device = self.device  # resolved on first use, once; a config error names this step
         weight = None
         steer = (c.weight_by == "score" or (c.weight_by == "query" and window.meta.get("score_kind") == "query"))
         if steer and window.score is not None and c.query_strength > 0:

@@ -235,3 +235,40 @@ def test_learned_memory_on_cuda_agrees_with_the_cpu() -> None:
     assert out_g.device.type == mem_g.device.type == "cuda"
     torch.testing.assert_close(out_g.cpu(), out_c, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(mem_g.cpu(), mem_c, rtol=1e-4, atol=1e-4)
+
+
+def test_default_pipeline_end_to_end_on_cuda_agrees_with_the_cpu(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The main pipeline on a real clip through the local runtime: its heavy stages (FrameFusion, DPC-KNN,
+    A-ToMe, window, memory) on the GPU give the CPU run's windows and memory, to float tolerance (DPC-KNN
+    may place a rare tie differently: most packets are identical, every one has the same shape)."""
+    from streamzip.pipeline import Pipeline, load_pipeline
+    from streamzip.runtime.local import LocalRuntime
+    from streamzip.synthetic import make_clip
+
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, scenes=(("static", 4), ("pan", 4), ("motion", 4), ("static", 4)), width=320, height=180)
+
+    def run(device: str) -> list[Tokens]:
+        data = load_pipeline("default").to_dict()
+        devices = []
+        for step in data["steps"]:
+            if step["op"] in ("framefusion", "dpc_knn", "atome", "window", "memory"):
+                step["device"] = device
+                devices.append(step["id"])
+        pipe = Pipeline.from_dict(data)
+        built = {s.id: op for s, op in zip(pipe.steps, pipe.build("s"))}
+        for sid in devices:  # the stage resolves its device when built: auto is the GPU here
+            assert built[sid].device.type == ("cuda" if device == "auto" else "cpu"), sid
+        return [p for p in LocalRuntime().run(pipe, [str(clip)]) if isinstance(p, Tokens)]
+
+    gpu, cpu = run("auto"), run("cpu")
+    assert len(cpu) >= 8 and len(gpu) == len(cpu)
+    same = 0
+    for g, c in zip(gpu, cpu):
+        assert (g.modality, g.meta.get("kind"), g.meta.get("window"), g.num_tokens) == \
+               (c.modality, c.meta.get("kind"), c.meta.get("window"), c.num_tokens)
+        assert g.data.device.type == "cpu" and g.data.dtype == torch.float32
+        cos = F.cosine_similarity(g.data, c.data, dim=1)
+        assert float(cos.mean()) > 0.98, (c.meta, float(cos.mean()))
+        same += bool(torch.allclose(g.data, c.data, rtol=1e-4, atol=1e-4) and torch.equal(g.size, c.size))
+    assert same >= 0.8 * len(cpu), f"{same} of {len(cpu)} packets identical"
