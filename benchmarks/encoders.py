@@ -135,7 +135,7 @@ def main() -> None:
         audio: list[dict[str, Any]] = []
         for device in devices:
             frames = args.frames or (512 if device == "cuda" else 32)
-            batches = [16, 64] if device == "cuda" else [16]
+            batches = [1, 16, 64] if device == "cuda" else [16]
             for name, folder in (("siglip-b16-224", siglip), ("clip-b16-224", clip)):
                 for b in batches:
                     row = vision_throughput(folder, device, b, frames, args.repeats)
