@@ -178,14 +178,21 @@ class WhisperTower:
 
     @torch.inference_mode()
     def encode(self, segments: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each segment's tokens, float32 on the CPU. On a GPU each segment's rows are copied into
+        page-locked memory without waiting and the call waits once, as the vision tower does."""
         out: list[torch.Tensor] = []
+        cuda = self.device.type == "cuda"
         for s in range(0, len(segments), self.config.batch_size):
             batch = segments[s:s + self.config.batch_size]
             # Features one segment at a time (as the extractor does them); the encoder on the batch.
             feats = torch.stack([self.features(x) for x in batch]).to(self.dtype)
-            hidden = self.encoder(input_features=feats).last_hidden_state.float().cpu()
+            hidden = self.encoder(input_features=feats).last_hidden_state
             for x, h in zip(batch, hidden):
-                out.append(h[: math.ceil(x.numel() / self.token_samples)].contiguous())
+                rows = h[: math.ceil(x.numel() / self.token_samples)]
+                dst = torch.empty(rows.shape, dtype=torch.float32, pin_memory=cuda)
+                out.append(dst.copy_(rows, non_blocking=cuda))
+        if cuda:  # the copies above were queued, not waited for
+            torch.cuda.current_stream(self.device).synchronize()
         return out
 
 
