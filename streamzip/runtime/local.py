@@ -194,9 +194,7 @@ class LocalRuntime:
         failed: list[StreamzipError] = []
         try:
             for packet in until_source_fails(feed, result.stream, failed):
-                for out in runner.push(packet):
-                    if failed and isinstance(out, End):
-                        continue  # the stream did not end: its source failed (raised below)
+                for out in past_failure(runner.push(packet), failed):
                     count_output(result, out, meter)
                     yield out
                 update_from_source(result, source, feed, t_start)
@@ -245,6 +243,12 @@ def until_source_fails(packets: Iterable[Packet], stream: str, failed: list[Stre
     except StreamzipError as err:
         failed.append(err)
         yield End(stream)
+
+
+def past_failure(outputs: Iterable[Packet], failed: list[StreamzipError]) -> Iterator[Packet]:
+    """``outputs`` without the :class:`End` that :func:`until_source_fails` put in place of a failed
+    source's rest: that stream did not end (its error is raised once the stages have flushed)."""
+    return (out for out in outputs if not (failed and isinstance(out, End)))
 
 
 def update_from_source(result: InputResult, source: Source, feed: Prefetch, t_start: float) -> None:

@@ -87,14 +87,14 @@ import ray.exceptions
 
 from streamzip._prefetch import Prefetch
 from streamzip.errors import BackendError, StreamzipError
-from streamzip.packets import End, Packet
+from streamzip.packets import Packet
 from streamzip.runtime._ray_actor import STORE_BYTES as STORE_BYTES  # re-exported, as are _store and _Stored
 from streamzip.runtime._ray_actor import StageActor, StreamStateLost, _lost
 from streamzip.runtime._ray_actor import _store as _store
 from streamzip.runtime._ray_actor import _Stored as _Stored
 from streamzip.runtime._ray_chain import _Chain, _driver_metrics
 from streamzip.runtime.groups import encoder_groups, group_resources, stage_groups
-from streamzip.runtime.local import Source, open_source, until_source_fails, update_from_source
+from streamzip.runtime.local import Source, open_source, past_failure, until_source_fails, update_from_source
 from streamzip.sources._names import stream_name
 from streamzip.sources.file import FileSource
 from streamzip.stats import InputResult
@@ -506,9 +506,7 @@ class RayRuntime:
         failed: list[StreamzipError] = []  # the source's error: the stages flush, then it is raised
 
         def outputs() -> Iterator[Packet]:
-            for out in chain.complete_oldest():
-                if not (failed and isinstance(out, End)):
-                    yield out
+            return past_failure(chain.complete_oldest(), failed)
 
         try:
             chain.reset()
