@@ -26,7 +26,7 @@ follow are weighted by the new question.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,7 +46,7 @@ from streamzip.encoders._hf import (
 )
 from streamzip.encoders._video import VideoEncoder
 from streamzip.errors import ConfigError, ModelError, Problem
-from streamzip.packets import Packet, Tokens
+from streamzip.packets import Packet, Tokens, VideoFrames
 from streamzip.registry import register
 
 __all__ = ["HFVisionEncoder", "HFVisionEncoderConfig", "VisionTower"]
@@ -256,16 +256,18 @@ class VisionTower:
         return ((x / 255.0 - self.mean) / self.std).to(self.dtype)
 
     @torch.inference_mode()
-    def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]:
+    def encode(self, frames: torch.Tensor, *, use_query: bool = True
+               ) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]:
         """``frames (T, H, W, 3) uint8`` → patch tokens ``(T, P, D)`` float32 on the CPU, the grid, and
-        the scores ``(T, P)`` (None when not scored).
+        the scores ``(T, P)`` (None when not scored). ``use_query=False``: scored as if no query were
+        set (frames of several streams encoded together, see :meth:`HFVisionEncoder.encode_joint`).
 
         On a GPU the batches are queued back to back and each one's tokens are copied, already float32,
         into one page-locked CPU tensor without waiting (the copy engine works while the next batch
         computes); the call waits once, at the end. A plain ``.cpu()`` per batch waited after every batch
         and copied through pageable memory, which measured as most of a batch's time on an H200."""
         with self._lock:
-            query = self.query_embedding
+            query = self.query_embedding if use_query else None
         want_score = self.config.score != "none" or query is not None
         attn = self._attn if want_score and query is None and self.prefix else None
         rows, cols = self.grid
@@ -334,14 +336,39 @@ class HFVisionEncoder(VideoEncoder):
         self.tower = VisionTower(self.config, stage=self.step_id)
         self._query = self.config.query
 
+    gathers = True
+
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]:
         return self.tower.encode(frames)
 
+    def may_gather(self, state: dict[str, Any] | None) -> bool:
+        """Frames of streams without a query (scored by attention, the same for every stream)."""
+        return state is not None and state.get("query") is None
+
+    def encode_joint(self, frames: Sequence[torch.Tensor]) -> list[Any]:
+        """One pass per frame size over the frames of every packet; each packet's share, as
+        :meth:`encode` gives it (no query), with its score kind."""
+        out: list[Any] = [None] * len(frames)
+        sizes: dict[tuple[int, ...], list[int]] = {}
+        for i, f in enumerate(frames):
+            sizes.setdefault(tuple(f.shape[1:]), []).append(i)
+        for idx in sizes.values():
+            joined = torch.cat([frames[i] for i in idx]) if len(idx) > 1 else frames[idx[0]]
+            tokens, grid, score = self.tower.encode(joined, use_query=False)
+            kind, start = self.tower.last_score_kind, 0
+            for i in idx:
+                end = start + frames[i].shape[0]
+                out[i] = (tokens[start:end], grid, None if score is None else score[start:end], kind)
+                start = end
+        return out
+
     def process(self, packet: Packet) -> list[Packet]:
+        ready = self._ready.get(id(packet.frames)) if isinstance(packet, VideoFrames) else None
         out = super().process(packet)
+        kind = ready[3] if ready is not None else self.tower.last_score_kind
         for tokens in out:  # later stages weight by a query's relevance only (DPC-KNN's weight_by)
-            if isinstance(tokens, Tokens) and self.tower.last_score_kind is not None:
-                tokens.meta["score_kind"] = self.tower.last_score_kind
+            if isinstance(tokens, Tokens) and kind is not None:
+                tokens.meta["score_kind"] = kind
         return out
 
     def set_query(self, text: str | None) -> None:

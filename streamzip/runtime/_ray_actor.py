@@ -48,6 +48,21 @@ def _lost(err: BaseException) -> bool:
 
 
 @dataclass(frozen=True)
+class _Raised:
+    """What one stream's batch raised in a :meth:`StageActor.push_many` that served several streams:
+    the call's other streams keep their results, and whoever takes this one raises ``error``."""
+
+    error: BaseException
+
+
+def _check(*batches: Any) -> None:
+    """Raise what an upstream ``push_many`` raised for this stream's batch (see :class:`_Raised`)."""
+    for batch in batches:
+        if isinstance(batch, _Raised):
+            raise batch.error
+
+
+@dataclass(frozen=True)
 class _Stored:
     """A big packet left in Ray's object store (see "Big packets" in :mod:`streamzip.runtime.ray`): its
     header, and its object."""
@@ -125,6 +140,7 @@ class StageActor:
         self.counted: set[str] = set()  # streams whose restart metric counts this process already
         self.ends: set[str] = set()  # streams whose chain this actor ends
         self._metrics: dict[str, Any] | None = None
+        self.gathered = {"calls": 0, "frames": 0, "most_streams": 0}  # push_many's joint encodes
 
     def _metric(self) -> dict[str, Any]:
         if self._metrics is None:
@@ -198,6 +214,7 @@ class StageActor:
         fidelity meter: the outputs of the encoders upstream (``originals``, one list per entry of
         ``modalities``, handed over by Ray from the object store), its own stages' fresh tokens, and
         the chain's final packets: the same meter, fed the same way, as the local runtime's."""
+        _check(packets, *originals)
         runner = self._select(key)
         fields = ("packets_in", "tokens_in", "tokens_out", "frames_in")
         before = [[getattr(st, f) for f in fields] for st in runner.stats]
@@ -228,6 +245,44 @@ class StageActor:
                 if getattr(st, f) > v:
                     m[name].inc(getattr(st, f) - v, tags=tags)
         return out
+
+    def push_many(self, keys: list[str], *batches: list[Packet]) -> Any:
+        """:meth:`push` for several streams' batches at once (a pool actor's gather, see "Gathering"
+        in :mod:`streamzip.runtime.ray`): the frames of those streams whose encoding does not depend
+        on their state are encoded together first (:meth:`VideoEncoder.prepare`), then each batch
+        runs as :meth:`push` runs it. One result per stream (a single one is returned as it is,
+        since Ray gives one object per return); a stream whose batch raised gets :class:`_Raised`."""
+        stage = self.stages[0] if self.shared and self.stages else None
+        fetched = [b if isinstance(b, _Raised) else _fetch(b) for b in batches]
+        if stage is not None and getattr(stage, "gathers", False):
+            frames = []
+            for key, batch in zip(keys, fetched):
+                if isinstance(batch, _Raised) or key not in self.runners:
+                    continue
+                state = stage.state_dict() if self.loaded == key else self.parked.get(key, {}).get("state")
+                if stage.may_gather(state):
+                    frames += [p.frames for p in batch if isinstance(p, VideoFrames) and p.num_frames]
+            if len(frames) > 1:
+                stage.prepare(frames)
+                self.gathered["calls"] += 1
+                self.gathered["frames"] += sum(f.shape[0] for f in frames)
+                self.gathered["most_streams"] = max(self.gathered["most_streams"], len(keys))
+        out: list[Any] = []
+        try:
+            for key, batch in zip(keys, fetched):
+                try:
+                    out.append(self.push(key, batch))  # type: ignore[arg-type]
+                except Exception as err:  # noqa: BLE001 - the stream's own error, raised where it is taken
+                    out.append(_Raised(err))
+        finally:
+            if stage is not None and getattr(stage, "gathers", False):
+                stage.unprepare()
+        return out[0] if len(out) == 1 else out
+
+    def gather_counts(self) -> dict[str, int]:
+        """How many gathered encodes this actor ran, over how many frames, and the most streams in one
+        call (tests and benchmarks)."""
+        return dict(self.gathered)
 
     def snapshot(self, key: str) -> dict[str, Any]:
         runner = self.runners.get(key)

@@ -16,12 +16,13 @@ import ray.exceptions
 
 from streamzip.errors import BackendError, StreamzipError
 from streamzip.packets import End, Gap, Packet, Tokens
-from streamzip.runtime._ray_actor import _DEATH, _lost, _may_take, _store, _take_rules
+from streamzip.runtime._ray_actor import _DEATH, _check, _lost, _may_take, _store, _take_rules
 from streamzip.runtime.local import count_output
 from streamzip.stats import InputResult, StageStats
 
 if TYPE_CHECKING:
     from streamzip.pipeline import Pipeline
+    from streamzip.runtime._gather import Gather
     from streamzip.runtime.ray import RayRuntime
 
 _DRIVER_METRICS: dict[str, Any] = {}
@@ -48,10 +49,12 @@ class _Chain:
     """The packets of one stream in flight through the actors, with snapshots and replay."""
 
     def __init__(self, rt: RayRuntime, actors: list[Any], groups: list[list[int]], result: InputResult,
-                 pipeline: Pipeline) -> None:
+                 pipeline: Pipeline, gathers: list[Gather | None] | None = None) -> None:
         from streamzip.registry import get as get_stage
 
         self.rt, self.actors, self.result = rt, actors, result
+        # Per actor, the gather its pushes go through (a pool actor whose encoder gathers), or None.
+        self.gathers = gathers if gathers is not None else [None] * len(actors)
         # The last actor measures fidelity, fed the upstream encoders' outputs (their modalities, in order).
         self.meters = [pipeline.keep_assignment and a == len(actors) - 1 for a in range(len(actors))]
         # What reset and restore tell each actor: whether it measures fidelity, whether it ends the chain.
@@ -121,7 +124,13 @@ class _Chain:
 
     def send_query(self, text: str | None) -> list[Any]:
         """``set_query`` on the stream's query-taking actors, queued behind the packets sent so far."""
-        return [self.actors[i].set_query.remote(self.key, text) for i in self.query_steps]
+        def send(i: int) -> Any:
+            gather = self.gathers[i]
+            if gather is None:
+                return self.actors[i].set_query.remote(self.key, text)
+            return gather.call(lambda: self.actors[i].set_query.remote(self.key, text))
+
+        return [send(i) for i in self.query_steps]
 
     def _send(self, seq: int, ref: Any, kinds: frozenset[tuple[type, str | None]] | None) -> None:
         """Send batch ``ref`` down the chain. ``kinds``: the (type, modality) of its packets, or None
@@ -136,8 +145,11 @@ class _Chain:
         last = len(self.actors) - 1
         for i, a in enumerate(self.actors):
             if reach is None or i == last or any(_may_take(self.takes[i], t, m) for t, m in reach):
+                gather = self.gathers[i]
                 if self.meters[i] and originals:
                     r = a.push.remote(self.key, r, self.upstream, *originals)
+                elif gather is not None:
+                    r = gather.push(self.key, r)
                 else:
                     r = a.push.remote(self.key, r)
                 if reach is not None:
@@ -166,11 +178,12 @@ class _Chain:
         seq, ref = self.inflight[0]
         try:
             outs = ray.get(ref)
-        except ray.exceptions.RayError as err:
+            _check(outs)  # a gathered call's result for this stream may be what it raised
+        except Exception as err:
             if _lost(err):
                 self._recover()
                 return
-            cause = getattr(err, "cause", None)
+            cause = getattr(err, "cause", None) if isinstance(err, ray.exceptions.RayError) else err
             if isinstance(cause, StreamzipError):
                 raise cause from None
             raise

@@ -27,6 +27,15 @@ keeps every stage's input in stream order.
   fbank encoder's carried samples…), and encoders need no change: sharing relies on an encoder's
   ``state_dict`` being complete, which fault recovery already requires (``encoder_pool=0`` gives
   every stream its own encoder actor instead).
+- **Gathering**: a pool actor's encoder that ``gathers`` (``hf_encoder``: a model, on a GPU most of
+  all) encodes the frames of several streams in one forward pass. The driver sends the pushes of the
+  streams pinned to one pool actor through one :class:`~streamzip.runtime._gather.Gather`: a push goes
+  out at once while that actor has none of the gather's calls in hand, else it waits for the call in
+  hand and goes out with the others that waited, as one ``push_many`` call (continuous batching; a
+  lone stream never waits). The actor encodes their frames together (streams with a query of their
+  own are encoded alone: their scores depend on it), then runs each stream's batch with its state as
+  a push does; each stream gets its own result object, so cuts, replay and recovery are unchanged,
+  and what one stream's batch raised goes to that stream alone. ``encoder_gather=False`` turns it off.
 - **Big packets skip the actors that do not take them**: a packet holding more than
   :data:`STORE_BYTES` of tensors (a batch of frames, a batch of video tokens) travels as its own
   object in Ray's store, and the batch carries a :class:`_Stored` handle with its type and modality.
@@ -88,6 +97,8 @@ import ray.exceptions
 from streamzip._prefetch import Prefetch
 from streamzip.errors import BackendError, StreamzipError
 from streamzip.packets import Packet
+from streamzip.registry import get as get_stage
+from streamzip.runtime._gather import Gather
 from streamzip.runtime._ray_actor import STORE_BYTES as STORE_BYTES  # re-exported, as are _store and _Stored
 from streamzip.runtime._ray_actor import StageActor, StreamStateLost, _lost
 from streamzip.runtime._ray_actor import _store as _store
@@ -190,8 +201,10 @@ class _EncoderPool:
     """The actors of one encoder step, shared by the streams of every runtime of this process that
     runs the same step (see :func:`_acquire_pool`). Streams are pinned to the least busy actor."""
 
-    def __init__(self, actors: list[Any]) -> None:
+    def __init__(self, actors: list[Any], gather: bool = False) -> None:
         self.actors = actors
+        # Per actor, the driver's gather of the pushes to it (its encoder gathers), else None.
+        self.gathers = [Gather(a) if gather else None for a in actors]
         self.streams = [0] * len(actors)  # streams pinned to each actor now
         self.users = 0  # runtimes holding the pool
         self.lock = threading.Lock()
@@ -201,6 +214,9 @@ class _EncoderPool:
             i = min(range(len(self.actors)), key=self.streams.__getitem__)
             self.streams[i] += 1
             return self.actors[i]
+
+    def gather_of(self, actor: Any) -> Gather | None:
+        return next(g for a, g in zip(self.actors, self.gathers) if a is actor)
 
     def unassign(self, actor: Any) -> None:
         with self.lock:
@@ -214,12 +230,12 @@ _POOLS: dict[tuple[Any, ...], _EncoderPool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def _acquire_pool(key: tuple[Any, ...], make: Callable[[], list[Any]]) -> _EncoderPool:
+def _acquire_pool(key: tuple[Any, ...], make: Callable[[], list[Any]], gather: bool = False) -> _EncoderPool:
     """The pool for ``key`` (created with ``make`` the first time), held until :func:`_release_pool`."""
     with _POOLS_LOCK:
         pool = _POOLS.get(key)
         if pool is None:
-            pool = _POOLS[key] = _EncoderPool(make())
+            pool = _POOLS[key] = _EncoderPool(make(), gather)
         pool.users += 1
         return pool
 
@@ -276,6 +292,8 @@ class RayRuntime:
             encoder is the bottleneck (e.g. one per GPU, or one per few busy cameras). 0: no pool, an
             encoder actor per stream like the other steps (for an encoder whose ``state_dict`` is not
             complete, which sharing needs as fault recovery does).
+        encoder_gather: the frames of the streams on one pool actor go through its encoder together
+            when the encoder supports it ("Gathering" above); False: one stream's packet per call.
         prefetch_depth: source packets decoded ahead of the chain (a live source: at most
             :data:`LIVE_PREFETCH`, then the oldest media packet is dropped).
         batch_packets: source packets sent down the chain in one call at most: a call takes every
@@ -290,7 +308,7 @@ class RayRuntime:
 
     def __init__(self, *, address: str | None = None, progress: Callable[[InputResult], None] | None = None,
                  max_inflight: int = 4, live_inflight: int = 2, snapshot_every: int = 8,
-                 restart_timeout_s: float = 60.0, encoder_pool: int = 1,
+                 restart_timeout_s: float = 60.0, encoder_pool: int = 1, encoder_gather: bool = True,
                  prefetch_depth: int = 16, num_cpus: int | None = None, fuse: bool = True,
                  batch_packets: int = 8,
                  on_packet: Callable[[int, list[Any]], None] | None = None) -> None:
@@ -303,6 +321,7 @@ class RayRuntime:
         self.max_inflight, self.live_inflight, self.snapshot_every = max_inflight, live_inflight, snapshot_every
         self.restart_timeout_s, self.prefetch_depth, self.num_cpus = restart_timeout_s, prefetch_depth, num_cpus
         self.encoder_pool, self.fuse, self.batch_packets = encoder_pool, fuse, batch_packets
+        self.encoder_gather = encoder_gather
         self.on_packet = on_packet
         self.results: list[InputResult] = []
         self._lock = threading.Lock()
@@ -347,15 +366,16 @@ class RayRuntime:
                 (i,) = self._groups[g]
                 step = pipeline.steps[i]
                 # Runtimes share a pool when its actors would build the same operator.
+                gather = self.encoder_gather and bool(getattr(get_stage(step.op).cls, "gathers", False))
                 key = (session, self.address, json.dumps(step.to_dict(), sort_keys=True, default=repr),
-                       spec.get("query"), id(step.fn) if step.fn is not None else None, self.encoder_pool)
+                       spec.get("query"), id(step.fn) if step.fn is not None else None, self.encoder_pool, gather)
                 opts, threads = self._options(g, self._first_scale)
 
                 def make(i: int = i, opts: dict[str, Any] = opts, threads: int = threads) -> list[Any]:
                     return [StageActor.options(**opts).remote(spec, self._fns, [i], threads, True)  # type: ignore[attr-defined]
                             for _ in range(self.encoder_pool)]
 
-                self._pools[g] = (key, _acquire_pool(key, make))
+                self._pools[g] = (key, _acquire_pool(key, make, gather))
             self._spec = spec
 
     def _stream_cpus(self, pooled: Sequence[int] | None = None) -> float:
@@ -489,7 +509,11 @@ class RayRuntime:
         mine, pools = self._checkout()
         pinned = {g: pool.assign() for g, pool in pools.items()}
         actors = [pinned[g] if g in pinned else mine.actors[g] for g in range(len(self._groups))]
-        chain = _Chain(self, actors, self._groups, result, pipeline)
+        gathers = [pools[g].gather_of(pinned[g]) if g in pinned else None for g in range(len(self._groups))]
+        chain = _Chain(self, actors, self._groups, result, pipeline, gathers)
+        for gather in gathers:
+            if gather is not None:
+                gather.join()
         per_step = [actors[g] for g, steps in enumerate(self._groups) for _ in steps]
         self._running.add(chain)
         t_start = time.perf_counter()
@@ -531,6 +555,9 @@ class RayRuntime:
             self._running.discard(chain)
             feed.close()
             chain.close()
+            for gather in gathers:
+                if gather is not None:
+                    gather.leave()
             for g, a in pinned.items():
                 pools[g].unassign(a)
             self._checkin(mine)
