@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -40,6 +41,9 @@ class StageInfo:
 
 _REGISTRY: dict[str, StageInfo] = {}
 _loaded = False
+# The first lookup imports the built-in modules; lookups from other threads meanwhile (cameras of
+# `streamzip live` starting at once) wait for it rather than see a half-filled registry.
+_LOAD_LOCK = threading.RLock()
 
 
 def register(name: str, *, kind: str = "operator") -> Callable[[OpT], OpT]:
@@ -62,11 +66,14 @@ def _load() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
+    with _LOAD_LOCK:
+        if _loaded:
+            return
+        for mod in _BUILTIN_MODULES:
+            importlib.import_module(mod)
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            ep.load()
+        _loaded = True
 
 
 def available() -> dict[str, StageInfo]:
