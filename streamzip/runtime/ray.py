@@ -228,6 +228,9 @@ class _EncoderPool:
 
 _POOLS: dict[tuple[Any, ...], _EncoderPool] = {}
 _POOLS_LOCK = threading.Lock()
+#: new actors are placed one runtime and stream at a time in this process (:meth:`RayRuntime._prepare`,
+#: :meth:`RayRuntime._checkout`), each sized from what Ray has free after the ones before.
+_PLACING = threading.Lock()
 
 
 def _acquire_pool(key: tuple[Any, ...], make: Callable[[], list[Any]], gather: bool = False) -> _EncoderPool:
@@ -325,7 +328,6 @@ class RayRuntime:
         self.on_packet = on_packet
         self.results: list[InputResult] = []
         self._lock = threading.Lock()
-        self._placing = threading.Lock()  # one stream's new actors placed at a time (_checkout)
         self._spec: dict[str, Any] | None = None
         self._fns: dict[int, Any] = {}
         self._res: list[dict[str, float]] = []  # per group: what its actor asks of Ray
@@ -337,7 +339,6 @@ class RayRuntime:
         self._busy = 0  # streams running now
         self._running: set[_Chain] = set()  # the chains of the streams running now (set_query)
         self._generation = 0  # bumped at shutdown: sets of an older generation are not reused
-        self._first_scale = 1.0
 
     # -- actors -------------------------------------------------------------------------------
     def _prepare(self, pipeline: Pipeline) -> None:
@@ -346,6 +347,11 @@ class RayRuntime:
         init_ray(self.address, num_cpus=self.num_cpus)
         spec = pipeline.to_dict()
         with self._lock:
+            if spec == self._spec:
+                return
+        # Placing actors is one runtime at a time in this process (cameras of `streamzip live` start
+        # their runtimes at once): each sizes its CPU shares from what the one before left free.
+        with _PLACING, self._lock:
             if spec == self._spec:
                 return
             if self._busy:
@@ -359,8 +365,8 @@ class RayRuntime:
             self._keep_assignment = pipeline.keep_assignment
             pooled = encoder_groups(pipeline, self._groups) if self.encoder_pool else []
             cpus = [r["num_cpus"] for r in self._res]
-            self._first_scale = self._cpu_scale(sum(cpus[g] for g in pooled) * self.encoder_pool
-                                                + self._stream_cpus(pooled))
+            scale = self._cpu_scale(sum(cpus[g] for g in pooled) * self.encoder_pool + self._stream_cpus(pooled))
+            made: list[Any] = []  # pool actors made here (a pool another runtime made is placed already)
             session = ray.get_runtime_context().get_job_id()
             for g in pooled:
                 (i,) = self._groups[g]
@@ -369,14 +375,24 @@ class RayRuntime:
                 gather = self.encoder_gather and bool(getattr(get_stage(step.op).cls, "gathers", False))
                 key = (session, self.address, json.dumps(step.to_dict(), sort_keys=True, default=repr),
                        spec.get("query"), id(step.fn) if step.fn is not None else None, self.encoder_pool, gather)
-                opts, threads = self._options(g, self._first_scale)
+                opts, threads = self._options(g, scale)
 
                 def make(i: int = i, opts: dict[str, Any] = opts, threads: int = threads) -> list[Any]:
-                    return [StageActor.options(**opts).remote(spec, self._fns, [i], threads, True)  # type: ignore[attr-defined]
-                            for _ in range(self.encoder_pool)]
+                    made.extend(StageActor.options(**opts).remote(spec, self._fns, [i], threads, True)  # type: ignore[attr-defined]
+                                for _ in range(self.encoder_pool))
+                    return made[-self.encoder_pool:]
 
                 self._pools[g] = (key, _acquire_pool(key, make, gather))
             self._spec = spec
+            self._await_placed(made)
+
+    def _await_placed(self, actors: Sequence[Any]) -> None:
+        """Wait until ``actors`` are placed (so that what Ray has free counts them); one that cannot
+        be placed is reported, with what Ray has free, when its stream resets it."""
+        try:
+            ray.get([a.ping.remote() for a in actors], timeout=self.restart_timeout_s * 2)
+        except ray.exceptions.GetTimeoutError:
+            pass
 
     def _stream_cpus(self, pooled: Sequence[int] | None = None) -> float:
         skip = set(self._pools) if pooled is None else set(pooled)
@@ -406,9 +422,9 @@ class RayRuntime:
             self._busy += 1
         # New actors, one stream at a time: each waits until its actors are placed, so the next
         # stream's share is computed from what is left. Streams that finish meanwhile check in freely.
-        with self._placing:
+        with _PLACING:
             with self._lock:
-                scale = self._first_scale if not self._made else self._cpu_scale(self._stream_cpus())
+                scale = self._cpu_scale(self._stream_cpus())
                 actors = {}
                 for g, steps in enumerate(self._groups):
                     if g not in pools:
@@ -417,10 +433,7 @@ class RayRuntime:
                             self._spec, self._fns, steps, threads)
                 mine = _StreamActors(actors, self._generation)
                 self._made.append(mine)
-            try:
-                ray.get([a.ping.remote() for a in actors.values()], timeout=self.restart_timeout_s * 2)
-            except ray.exceptions.GetTimeoutError:
-                pass  # reported, with what Ray has free, when the stream resets its actors
+            self._await_placed(list(actors.values()))
         return mine, pools
 
     def _checkin(self, mine: _StreamActors) -> None:
