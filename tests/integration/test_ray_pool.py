@@ -249,3 +249,36 @@ def test_a_live_query_is_replayed_in_place_after_a_kill(clip, tmp_path) -> None:
     assert float(last.score.view(-1, n).std(dim=1).max()) < 1e-6
     first = undisturbed[0]  # before it: [CLS] attention, varying within a frame
     assert float(first.score.view(-1, n).std(dim=1).max()) > 0
+
+
+def test_runtimes_started_at_once_all_place_their_actors(short_clip) -> None:  # type: ignore[no-untyped-def]
+    """Eight runtimes (as eight cameras of `streamzip live` have) start their streams at the same moment
+    on this 2-CPU embedded Ray: each sizes its actors' CPU shares from what the ones placed before left
+    free, so every actor is placed and every stream ends. (Sized at once from the whole machine, each
+    asked for all of it and the later ones could not be placed.)"""
+    pipe = Pipeline.from_dict(POOLED)
+    expected = local(pipe, short_clip.path)
+    runtimes = [RayRuntime(encoder_pool=1, restart_timeout_s=10.0) for _ in range(8)]
+    outs: list[list[Tokens]] = [[] for _ in runtimes]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(runtimes))
+
+    def go(i: int) -> None:
+        try:
+            barrier.wait(60)
+            outs[i] = tokens_of(runtimes[i].run(pipe, [short_clip.path]))
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(runtimes))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+    finally:
+        for rt in runtimes:
+            rt.shutdown()
+    assert not errors, errors[0]
+    for out in outs:
+        assert_same(expected, out)
