@@ -50,15 +50,20 @@ def _cmd_live(args: argparse.Namespace) -> int:
     token = read_token(args.token, args.token_file)
     # --address or --encoder-pool alone means Ray
     runtime: Literal["local", "ray"] = (
-        args.runtime or ("ray" if args.address or args.encoder_pool is not None else "local"))
+        args.runtime or ("ray" if args.address or args.encoder_pool is not None or args.no_encoder_gather
+                         else "local"))
     if args.address and runtime != "ray":
         raise ConfigError([Problem("--address", "--address joins a Ray cluster: use it with --runtime ray")])
     if args.encoder_pool is not None and runtime != "ray":
         raise ConfigError([Problem("--encoder-pool", "sizes the Ray runtime's encoder pool: use it with --runtime ray")])
+    if args.no_encoder_gather and runtime != "ray":
+        raise ConfigError([Problem("--no-encoder-gather", "turns off the Ray runtime's gathering: use it with "
+                                                          "--runtime ray")])
     pool = 1 if args.encoder_pool is None else args.encoder_pool
     rtsp = RtspConfig(transport=args.transport, read_timeout_s=args.read_timeout, max_retries=args.max_retries)
     creds = (os.environ.get(ENV_RTSP_USERNAME) or None, os.environ.get(ENV_RTSP_PASSWORD) or None)
-    cfg = LiveConfig(host=host, port=port, runtime=runtime, address=args.address, encoder_pool=pool)
+    cfg = LiveConfig(host=host, port=port, runtime=runtime, address=args.address, encoder_pool=pool,
+                     encoder_gather=not args.no_encoder_gather)
     server = LiveServer(pipeline, args.inputs, cfg,
                         token=token, rtsp=rtsp, credentials=creds, output=args.output)
     server.start()
@@ -93,6 +98,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--encoder-pool", type=int, metavar="N",
                    help="actors per encoder step, shared by every camera (default 1; 0: one per camera); "
                         "implies --runtime ray")
+    p.add_argument("--no-encoder-gather", action="store_true",
+                   help="send each camera's frames to its encoder on their own (by default an hf_encoder pool "
+                        "actor encodes the frames of its cameras together); implies --runtime ray")
     p.add_argument("--transport", choices=("tcp", "udp", "prefer_tcp"), default="tcp", help="RTSP transport")
     p.add_argument("--read-timeout", type=float, default=4.0, help="seconds without data before reconnecting")
     p.add_argument("--max-retries", type=int, default=None, help="give a source up after this many failures in a row "

@@ -24,6 +24,8 @@ class LiveConfig(Config):
     address: str | None = None
     # Ray runtime: actors per encoder step, shared by every camera (0: an encoder actor per camera).
     encoder_pool: int = 1
+    # Ray runtime: an hf_encoder pool actor encodes the frames of its cameras together.
+    encoder_gather: bool = True
     # Window packets queued per WebSocket/SSE client; a slower client loses the oldest.
     subscriber_queue: int = 32
     # Latency samples kept per stream for the p50/p95 in /metrics.

@@ -138,7 +138,8 @@ class LiveServer:
         if self.cfg.runtime == "ray":
             from streamzip.runtime.ray import RayRuntime
 
-            return RayRuntime(address=self.cfg.address, encoder_pool=self.cfg.encoder_pool)
+            return RayRuntime(address=self.cfg.address, encoder_pool=self.cfg.encoder_pool,
+                              encoder_gather=self.cfg.encoder_gather)
         from streamzip.runtime.local import LocalRuntime
 
         return LocalRuntime()

@@ -140,6 +140,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--encoder-pool must be >= 0 (actors per encoder step; 0: one per stream), "
                               f"got {args.encoder_pool}")
         options["encoder_pool"] = args.encoder_pool
+    if args.no_encoder_gather:
+        if args.runtime != "ray":
+            raise ConfigError("--no-encoder-gather turns off the Ray runtime's gathering: use it with --runtime ray")
+        options["encoder_gather"] = False
     try:
         results = run_job(pipeline, args.input, args.output, runtime=args.runtime,
                           progress=progress.update, on_start=progress.start, runtime_options=options)
@@ -351,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--encoder-pool", type=int, metavar="N",
                    help="ray runtime: actors per encoder step, shared by every stream (default 1; "
                         "0: an encoder actor per stream)")
+    r.add_argument("--no-encoder-gather", action="store_true",
+                   help="ray runtime: send each stream's frames to its encoder on their own (by default an "
+                        "hf_encoder pool actor encodes the frames of its streams together)")
     r.add_argument("--set", action="append", metavar="STEP.OPTION=VALUE", help="override an option")
     r.add_argument("--query", help="query-guided compression: keep more of what is relevant to this text "
                                    "(needs an hf_encoder with a SigLIP or CLIP model)")

@@ -190,6 +190,8 @@ def test_the_cli_takes_segment_s_and_encoder_pool(clip, short_clip, tmp_path) ->
     for args, needle in ((("batch", "x.mp4", "-o", str(tmp_path / "x"), "--segment-s", "0"), "--segment-s"),
                          (("run", "patch_only", "-i", "x.mp4", "--runtime", "local", "--encoder-pool", "2"),
                           "--encoder-pool"),
-                         (("run", "patch_only", "-i", "x.mp4", "--encoder-pool", "-1"), "--encoder-pool")):
+                         (("run", "patch_only", "-i", "x.mp4", "--encoder-pool", "-1"), "--encoder-pool"),
+                         (("run", "patch_only", "-i", "x.mp4", "--runtime", "local", "--no-encoder-gather"),
+                          "--no-encoder-gather")):
         res = cli(*args)
         assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr

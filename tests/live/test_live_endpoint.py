@@ -216,6 +216,7 @@ def test_streamzip_live_command(rtsp_server, live_pipeline, tmp_path, monkeypatc
         args.func(args)
     # --encoder-pool sizes the Ray runtime's pool: refused with the local runtime, and below 0
     for extra, message in ((["--encoder-pool", "2", "--runtime", "local"], "use it with --runtime ray"),
+                           (["--no-encoder-gather", "--runtime", "local"], "gathering: use it with --runtime ray"),
                            (["--encoder-pool", "-1"], "encoder_pool: must be >= 0")):
         args = parser.parse_args(["live", rtsp_server.url("/cam1"), "--serve", "127.0.0.1:0", *extra])
         with pytest.raises(ConfigError, match=message):
