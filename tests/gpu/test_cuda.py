@@ -272,3 +272,24 @@ def test_default_pipeline_end_to_end_on_cuda_agrees_with_the_cpu(tmp_path) -> No
         assert float(cos.mean()) > 0.98, (c.meta, float(cos.mean()))
         same += bool(torch.allclose(g.data, c.data, rtol=1e-4, atol=1e-4) and torch.equal(g.size, c.size))
     assert same >= 0.8 * len(cpu), f"{same} of {len(cpu)} packets identical"
+
+
+def test_gathered_frames_on_cuda_give_what_each_packet_gets_alone(models) -> None:  # type: ignore[no-untyped-def]
+    """A pool actor's gather on a GPU: the frames of several packets (streams) in one bfloat16 pass give
+    each packet the tokens and scores of its own pass, to bfloat16 tolerance."""
+    from streamzip.packets import VideoFrames
+
+    enc = HFVisionEncoder(HFVisionEncoderConfig(model=str(models["clip"]), batch_size=4))  # auto: cuda
+    assert enc.tower.device.type == "cuda"
+    g = torch.Generator().manual_seed(3)
+    packets = [VideoFrames(stream=f"s{i}", frames=torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=g),
+                           pts_s=torch.arange(n, dtype=torch.float64), duration_s=0.5) for i, n in enumerate((1, 3, 2, 5))]
+    alone = [enc.process(p)[0] for p in packets]
+    enc.prepare([p.frames for p in packets])
+    gathered = [enc.process(p)[0] for p in packets]
+    assert not enc._ready
+    for a, b in zip(alone, gathered):
+        assert b.data.device.type == "cpu" and b.data.dtype == torch.float32 and b.data.shape == a.data.shape
+        assert b.meta["score_kind"] == a.meta["score_kind"] == "attention"
+        torch.testing.assert_close(b.data, a.data, rtol=0.05, atol=0.03)
+        torch.testing.assert_close(b.score, a.score, rtol=0.05, atol=0.01)
