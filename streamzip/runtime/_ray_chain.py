@@ -22,7 +22,7 @@ from streamzip.stats import InputResult, StageStats
 
 if TYPE_CHECKING:
     from streamzip.pipeline import Pipeline
-    from streamzip.runtime._gather import Gather
+    from streamzip.runtime._ray_gather import Gather
     from streamzip.runtime.ray import RayRuntime
 
 _DRIVER_METRICS: dict[str, Any] = {}

@@ -29,7 +29,7 @@ keeps every stage's input in stream order.
   every stream its own encoder actor instead).
 - **Gathering**: a pool actor's encoder that ``gathers`` (``hf_encoder``: a model, on a GPU most of
   all) encodes the frames of several streams in one forward pass. The driver sends the pushes of the
-  streams pinned to one pool actor through one :class:`~streamzip.runtime._gather.Gather`: a push goes
+  streams pinned to one pool actor through one :class:`~streamzip.runtime._ray_gather.Gather`: a push goes
   out at once while that actor has none of the gather's calls in hand, else it waits for the call in
   hand and goes out with the others that waited, as one ``push_many`` call (continuous batching; a
   lone stream never waits). The actor encodes their frames together (streams with a query of their
@@ -98,12 +98,12 @@ from streamzip._prefetch import Prefetch
 from streamzip.errors import BackendError, StreamzipError
 from streamzip.packets import Packet
 from streamzip.registry import get as get_stage
-from streamzip.runtime._gather import Gather
 from streamzip.runtime._ray_actor import STORE_BYTES as STORE_BYTES  # re-exported, as are _store and _Stored
 from streamzip.runtime._ray_actor import StageActor, StreamStateLost, _lost
 from streamzip.runtime._ray_actor import _store as _store
 from streamzip.runtime._ray_actor import _Stored as _Stored
 from streamzip.runtime._ray_chain import _Chain, _driver_metrics
+from streamzip.runtime._ray_gather import Gather
 from streamzip.runtime.groups import encoder_groups, group_resources, stage_groups
 from streamzip.runtime.local import Source, open_source, past_failure, until_source_fails, update_from_source
 from streamzip.sources._names import stream_name
