@@ -274,8 +274,7 @@ class VisionTower:
         cuda = self.device.type == "cuda"
         total = frames.shape[0]
         tokens: torch.Tensor | None = None
-        scores: torch.Tensor | None = None
-        scored = True
+        scores: torch.Tensor | None = None  # every batch is scored, or none (the same settings)
         for s in range(0, total, self.config.batch_size):
             pixels = self.preprocess(frames[s:s + self.config.batch_size])
             self._captured.clear()
@@ -305,16 +304,12 @@ class VisionTower:
                     score = self._cls_attention(self._captured["h"])
                 elif self.family == "siglip":
                     score = self._probe_attention(last)
-            if score is None:
-                scored = False
-            elif scored:
+            if score is not None:
                 if scores is None:
                     scores = torch.empty((total, score.shape[1]), dtype=torch.float32, pin_memory=cuda)
                 scores[s:s + score.shape[0]].copy_(score, non_blocking=cuda)
         if cuda:  # the copies above were queued, not waited for
             torch.cuda.current_stream(self.device).synchronize()
-        if not scored:
-            scores = None
         self.last_score_kind = None if scores is None else "query" if query is not None else "attention"
         if tokens is None:  # no frames
             tokens = torch.empty((0, rows * cols, self.dim), dtype=torch.float32)

@@ -252,9 +252,10 @@ class StageActor:
         on their state are encoded together first (:meth:`VideoEncoder.prepare`), then each batch
         runs as :meth:`push` runs it. One result per stream (a single one is returned as it is,
         since Ray gives one object per return); a stream whose batch raised gets :class:`_Raised`."""
-        stage = self.stages[0] if self.shared and self.stages else None
+        # the pool's encoder, when it gathers
+        stage = self.stages[0] if self.shared and self.stages and getattr(self.stages[0], "gathers", False) else None
         fetched = [b if isinstance(b, _Raised) else _fetch(b) for b in batches]
-        if stage is not None and getattr(stage, "gathers", False):
+        if stage is not None:
             frames = []
             for key, batch in zip(keys, fetched):
                 if isinstance(batch, _Raised) or key not in self.runners:
@@ -275,7 +276,7 @@ class StageActor:
                 except Exception as err:  # noqa: BLE001 - the stream's own error, raised where it is taken
                     out.append(_Raised(err))
         finally:
-            if stage is not None and getattr(stage, "gathers", False):
+            if stage is not None:
                 stage.unprepare()
         return out[0] if len(out) == 1 else out
 

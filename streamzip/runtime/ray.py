@@ -209,20 +209,24 @@ class _EncoderPool:
         self.users = 0  # runtimes holding the pool
         self.lock = threading.Lock()
 
-    def assign(self) -> Any:
+    def assign(self) -> tuple[Any, Gather | None]:
+        """Pin a stream to the least busy actor: the actor, and the gather its pushes go through."""
         with self.lock:
             i = min(range(len(self.actors)), key=self.streams.__getitem__)
             self.streams[i] += 1
-            return self.actors[i]
-
-    def gather_of(self, actor: Any) -> Gather | None:
-        return next(g for a, g in zip(self.actors, self.gathers) if a is actor)
+            gather = self.gathers[i]
+            if gather is not None:
+                gather.join()
+            return self.actors[i], gather
 
     def unassign(self, actor: Any) -> None:
         with self.lock:
             for i, a in enumerate(self.actors):
                 if a is actor:
                     self.streams[i] -= 1
+                    gather = self.gathers[i]
+                    if gather is not None:
+                        gather.leave()
                     return
 
 
@@ -520,13 +524,10 @@ class RayRuntime:
         (counted in ``result.drops``) rather than make the source wait."""
         self._prepare(pipeline)
         mine, pools = self._checkout()
-        pinned = {g: pool.assign() for g, pool in pools.items()}
-        actors = [pinned[g] if g in pinned else mine.actors[g] for g in range(len(self._groups))]
-        gathers = [pools[g].gather_of(pinned[g]) if g in pinned else None for g in range(len(self._groups))]
+        pinned = {g: pool.assign() for g, pool in pools.items()}  # group -> (actor, gather)
+        actors = [pinned[g][0] if g in pinned else mine.actors[g] for g in range(len(self._groups))]
+        gathers = [pinned[g][1] if g in pinned else None for g in range(len(self._groups))]
         chain = _Chain(self, actors, self._groups, result, pipeline, gathers)
-        for gather in gathers:
-            if gather is not None:
-                gather.join()
         per_step = [actors[g] for g, steps in enumerate(self._groups) for _ in steps]
         self._running.add(chain)
         t_start = time.perf_counter()
@@ -568,10 +569,7 @@ class RayRuntime:
             self._running.discard(chain)
             feed.close()
             chain.close()
-            for gather in gathers:
-                if gather is not None:
-                    gather.leave()
-            for g, a in pinned.items():
+            for g, (a, _) in pinned.items():
                 pools[g].unassign(a)
             self._checkin(mine)
             update_from_source(result, source, feed, t_start)
